@@ -1,0 +1,277 @@
+"""The command line: ``python -m uap_core {list-models, generate, evaluate, transfer}``.
+
+Thin over run.py, artifacts.py and transfer.py. Errors print one line on stderr and exit 2; Ctrl-C during
+``generate`` stops the run and still saves the best perturbation so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .algorithms import ALGORITHMS
+from .errors import UAPError
+from .params import describe
+
+EXIT_ERROR = 2
+
+
+def _algorithm_options() -> dict[str, dict[str, Any]]:
+    """Every hyperparameter of every algorithm: option name → field description (+ which algorithms have it)."""
+    options: dict[str, dict[str, Any]] = {}
+    for name, algorithm in ALGORITHMS.items():
+        for field in describe(algorithm.Params):
+            entry = options.setdefault(field["name"], {**field, "algorithms": []})
+            entry["algorithms"].append(name)
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m uap_core", description="Universal adversarial perturbations: "
+                                     "generate, evaluate and transfer them.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list-models", help="the model registry and what each needs")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--download", metavar="MODEL", nargs="+", help="download these torchvision weights now")
+
+    generate = commands.add_parser("generate", help="fit a UAP and save it",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    generate.add_argument("--model", default="efficientnet_lite0")
+    generate.add_argument("--algorithm", default="sga", choices=list(ALGORITHMS))
+    generate.add_argument("--eps", default="10/255", help="budget in pixel units; n/255 accepted")
+    generate.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    generate.add_argument("--target", default=None, help="target class index (targeted attack)")
+    generate.add_argument("--images", default="samples", help="'samples', a folder, a .npz or an image file")
+    generate.add_argument("--fit", default=None, help="images to fit δ on (default: half)")
+    generate.add_argument("--holdout", default=None, help="held-out images to measure on (default: the rest)")
+    generate.add_argument("--seed", default=0)
+    generate.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    generate.add_argument("--epochs", default=None, help="passes over the fit set (default: the algorithm's)")
+    generate.add_argument("--eval-every", default=None, help="steps between held-out evaluations")
+    generate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    generate.add_argument("--input-size", default=None, help="override the model's input size (pixels)")
+    generate.add_argument("--weights", default=None, help="a local weights file for the model")
+    generate.add_argument("--max-seconds", default=None, help="stop after this many seconds (keeps the best δ)")
+    generate.add_argument("--out", default="uaps", help="folder for the .safetensors/.json/.png artifact")
+    generate.add_argument("--name", default=None, help="artifact name (default: model_algorithm_norm_eps_seed)")
+    generate.add_argument("--json", action="store_true", help="print one final JSON object on stdout")
+    hyper = generate.add_argument_group("algorithm hyperparameters (paper defaults when omitted)")
+    for name, field in _algorithm_options().items():
+        hyper.add_argument("--" + name.replace("_", "-"), dest=f"param_{name}", default=None,
+                           help=f"{field['help']} [{', '.join(field['algorithms'])}; default {field['default']}]")
+
+    evaluate = commands.add_parser("evaluate", help="measure a saved UAP on a model and images")
+    evaluate.add_argument("--uap", required=True)
+    evaluate.add_argument("--model", default="efficientnet_lite0")
+    evaluate.add_argument("--images", default="samples")
+    evaluate.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--weights", default=None)
+    evaluate.add_argument("--json", action="store_true")
+
+    transfer = commands.add_parser("transfer", help="fooling-ratio matrix: UAPs (rows) × models (columns)")
+    transfer.add_argument("--uap", nargs="+", required=True)
+    transfer.add_argument("--models", nargs="+", required=True)
+    transfer.add_argument("--images", default="samples")
+    transfer.add_argument("--limit", type=int, default=None)
+    transfer.add_argument("--device", default="auto")
+    transfer.add_argument("--json", action="store_true")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from .models import get_spec, list_models, load_model
+
+    for name in args.download or []:
+        get_spec(name)
+        load_model(name, "cpu", download=True)
+        print(f"{name}: weights downloaded", file=sys.stderr)
+    statuses = list_models()
+    if args.json:
+        print(json.dumps([{"name": s.spec.name, "title": s.spec.title, "state": s.state, "detail": s.detail,
+                           "input_size": s.spec.input_size} for s in statuses], indent=1))
+        return 0
+    width = max(len(s.spec.name) for s in statuses)
+    for s in statuses:
+        print(f"{s.spec.name:<{width}}  {s.spec.input_size:>3}px  {s.state:<18} {s.detail}")
+    return 0
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .artifacts import save_uap
+    from .library import safe_name
+    from .run import Run, RunConfig
+
+    chosen = ALGORITHMS[args.algorithm]
+    allowed = {f["name"] for f in describe(chosen.Params)}
+    params = {}
+    for key, value in vars(args).items():
+        if key.startswith("param_") and value is not None:
+            name = key[len("param_"):]
+            if name not in allowed:
+                raise UAPError(f"--{name.replace('_', '-')} does not apply to {args.algorithm}; its options: "
+                               + ", ".join("--" + a.replace("_", "-") for a in sorted(allowed)))
+            params[name] = value
+    config = RunConfig(model=args.model, algorithm=args.algorithm, eps=args.eps, norm=args.norm,
+                       target=args.target, images=args.images, fit=args.fit, holdout=args.holdout, seed=args.seed,
+                       device=args.device, epochs=args.epochs, params=params, eval_every=args.eval_every,
+                       precision=args.precision, input_size=args.input_size, weights=args.weights,
+                       max_seconds=args.max_seconds)
+    run = Run(config)
+    bar = None
+    interactive = sys.stderr.isatty() and not args.json
+    try:
+        for event in run.events():
+            if event.kind == "start":
+                bar = _progress(event.data["total_steps"], interactive)
+                if not args.json:
+                    print(f"{event.data['model_title']} · {event.data['algorithm_title']} · {event.data['device']} "
+                          f"({event.data['precision']}) · fit {event.data['fit_images']} / held-out "
+                          f"{event.data['heldout_images']} images · random-noise fooling ratio "
+                          f"{event.data['random_fooling_ratio']:.3f}", file=sys.stderr)
+            elif event.kind == "step" and bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{event.data['loss']:.3f}", batch_fr=f"{event.data['batch_fooling_ratio']:.2f}")
+            elif event.kind == "eval" and not args.json:
+                message = (f"step {event.step}: held-out fooling ratio {event.data['fooling_ratio']:.3f}, "
+                           f"dominant share {event.data['dominant_share']:.2f}")
+                (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
+    except KeyboardInterrupt:
+        run.stop()
+        for _ in run.events() if run.result is None else ():
+            pass
+    finally:
+        if bar is not None:
+            bar.close()
+    result = run.result
+    if result is None:
+        raise UAPError("the run ended before producing a result")
+    eps255 = f"{result.config.eps * 255:g}".replace(".", "p")
+    name = safe_name(args.name or f"{result.config.model}_{result.config.algorithm}_{result.config.norm}_"
+                                  f"{eps255}_seed{result.config.seed}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = save_uap(result.delta, result.metadata(), out / f"{name}.safetensors")
+    summary = {**result.summary(), "artifact": str(path)}
+    if args.json:
+        print(json.dumps(_finite(summary)))
+    else:
+        print(f"held-out fooling ratio {summary['fooling_ratio']:.3f} (random noise {summary['random_fooling_ratio']:.3f}); "
+              f"dominant label {summary['dominant_name']!r} takes {summary['dominant_share']:.0%}; "
+              f"{summary['seconds']:.1f} s, {summary['reason']}; saved {path}")
+    return 0
+
+
+def _load_for_model(path: str, model) -> Any:
+    from .artifacts import load_uap
+
+    return load_uap(path, expected_size=(model.spec.input_size,) * 2, resize=True)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .transfer import evaluate_uap, images_for
+
+    model = load_model(args.model, _device(args.device), weights=args.weights)
+    artifact = _load_for_model(args.uap, model)
+    images = images_for(model, args.images, args.limit)
+    result = evaluate_uap(artifact, model, images)
+    summary = {"uap": args.uap, "model": args.model, "images": images.source, **result.as_dict()}
+    if args.json:
+        print(json.dumps(_finite(summary)))
+    else:
+        e = result.evaluation
+        print(f"{args.uap} on {args.model}, {e.count} images ({images.source}):\n"
+              f"  fooling ratio {e.fooling_ratio:.3f} (random noise {result.random_fooling_ratio:.3f})\n"
+              f"  dominant label {e.histogram.dominant.name if e.histogram.dominant else '-'!r} "
+              f"({e.histogram.dominant.share if e.histogram.dominant else 0:.0%} of images)"
+              + (f"\n  top-1 accuracy {e.clean_accuracy:.3f} clean → {e.attacked_accuracy:.3f} attacked"
+                 if e.clean_accuracy is not None else "")
+              + (f"\n  (perturbation resized from {result.resized_from[0]}×{result.resized_from[1]})"
+                 if result.resized_from else ""))
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from .artifacts import load_uap
+    from .transfer import transfer_matrix
+
+    uaps = {}
+    for path in args.uap:
+        name = Path(path).stem
+        while name in uaps:
+            name += "'"
+        uaps[name] = load_uap(path)
+    matrix = transfer_matrix(uaps, args.models, args.images, _device(args.device), args.limit)
+    if args.json:
+        print(json.dumps(_finite(matrix.as_dict())))
+    else:
+        print(f"fooling ratio, {matrix.image_count} images (rows: UAPs, columns: models)")
+        print(matrix.table())
+        for model, error in matrix.errors.items():
+            print(f"{model}: {error}", file=sys.stderr)
+    return 0 if not matrix.errors or len(matrix.errors) < len(args.models) else EXIT_ERROR
+
+
+def _device(name: str):
+    from .models import resolve_device
+
+    return resolve_device(name)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: map non-finite floats to None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+COMMANDS = {"list-models": cmd_list_models, "generate": cmd_generate, "evaluate": cmd_evaluate,
+            "transfer": cmd_transfer}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UAPError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except torch_oom() as exc:
+        print(f"error: out of GPU memory ({str(exc).splitlines()[0]}); try a smaller --batch-size or --device cpu",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def torch_oom() -> type[BaseException]:
+    import torch
+
+    return torch.OutOfMemoryError
+
+
+if __name__ == "__main__":
+    sys.exit(main())

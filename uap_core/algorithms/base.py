@@ -1,0 +1,175 @@
+"""What every UAP method shares: the fit images on the device, the loss, the gradient with respect to δ,
+the projected update and the bookkeeping of update statistics.
+
+A method subclasses :class:`UAPAlgorithm`, declares its ``Params`` dataclass (paper defaults, ranges, help) and
+implements :meth:`step`; :class:`uap_core.run.Run` drives it epoch by epoch. δ is always (3, H, W) float32 in
+pixel units on the model's device; the perturbed image is clamp(x + δ, 0, 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .. import metrics
+from ..evaluation import autocast
+from ..models import Classifier
+
+
+@dataclass
+class AttackSetup:
+    """Everything a method needs besides its own hyperparameters.
+
+    pixels: (N, 3, H, W) uint8 fit images on the model's device; clean_labels: (N,) int64, k(x) on the same device.
+    eps: budget in pixel units (10/255); norm: "linf" | "l2"; target: class index for a targeted attack, else None.
+    generator: seeded torch.Generator on the device (batch order, inner sampling).
+    precision: "fp32" | "bf16" | "fp16": the dtype of the model's forward/backward (δ and gradients stay fp32).
+    """
+
+    model: Classifier
+    pixels: torch.Tensor
+    clean_labels: torch.Tensor
+    eps: float
+    norm: str
+    target: int | None
+    generator: torch.Generator
+    precision: str = "fp32"
+
+
+class UAPAlgorithm:
+    """Base class: one instance is one attack in progress; ``delta`` is its current perturbation."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    Params: ClassVar[type]
+    supports_targeted: ClassVar[bool] = True
+    default_epochs: ClassVar[int] = 20
+
+    def __init__(self, setup: AttackSetup, params) -> None:
+        self.setup = setup
+        self.params = params
+        self.model = setup.model
+        self.device = setup.pixels.device
+        self.delta = torch.zeros(setup.pixels.shape[1:], dtype=torch.float32, device=self.device)
+        self.sign_ops = 0  # sign steps applied to δ so far
+        self.previous_gradient: torch.Tensor | None = None
+        self.momentum_buffer: torch.Tensor | None = None
+        self.chunk_size: int | None = None  # largest batch one forward/backward takes; lowered on out-of-memory
+
+    # ------------------------------------------------------------------------------------------ data
+    @property
+    def num_images(self) -> int:
+        return self.setup.pixels.shape[0]
+
+    def batch_size(self) -> int:
+        return min(int(self.params.batch_size), self.num_images)
+
+    def epoch_batches(self) -> list[torch.Tensor]:
+        """One epoch's shuffled mini-batches of fit-image indices (on the device, no host copy)."""
+        order = torch.randperm(self.num_images, generator=self.setup.generator, device=self.device)
+        return list(order.split(self.batch_size()))
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) float in [0, 1] from the uint8 fit images."""
+        return self.setup.pixels[indices].float().div_(255)
+
+    # ------------------------------------------------------------------------------------------ loss and gradient
+    def autocast(self):
+        return autocast(self.device, self.setup.precision)
+
+    def loss_per_image(self, logits: torch.Tensor, clean_labels: torch.Tensor) -> torch.Tensor:
+        """The quantity ascended, per image (n,). Untargeted: min(CE(f(x+δ), k(x)), beta) — the clamped CE of
+        the papers — or, with loss="logit", the negative logit of the clean label. Targeted: -CE(f(x+δ), target)
+        (or the target's logit)."""
+        logits = logits.float()
+        target = self.setup.target
+        if target is not None:
+            if self.params.loss == "logit":
+                return logits[:, target]
+            return -F.cross_entropy(logits, torch.full_like(clean_labels, target), reduction="none")
+        if self.params.loss == "logit":
+            return -logits.gather(1, clean_labels[:, None])[:, 0]
+        return F.cross_entropy(logits, clean_labels, reduction="none").clamp(max=self.params.beta)
+
+    def gradient(self, indices: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """g = d/dδ mean_i loss(f(clamp(x_i + δ))) over ``indices``, in fp32.
+
+        Returns (g (3, H, W), summed loss (0-d tensor), number of fooled images (0-d tensor)); all stay on the
+        device (no sync). Large batches are split into chunks of ``chunk_size`` (set on out-of-memory).
+        """
+        gradient = torch.zeros_like(delta)
+        loss_sum = torch.zeros((), device=self.device)
+        fooled = torch.zeros((), device=self.device, dtype=torch.long)
+        chunks = indices.split(self.chunk_size) if self.chunk_size else (indices,)
+        for chunk in chunks:
+            leaf = delta.detach().requires_grad_(True)
+            x = (self.images(chunk) + leaf).clamp(0, 1).contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                logits = self.model(x)
+            losses = self.loss_per_image(logits, self.setup.clean_labels[chunk])
+            (chunk_grad,) = torch.autograd.grad(losses.sum(), leaf)
+            gradient += chunk_grad
+            loss_sum += losses.detach().sum()
+            fooled += self.fooled(logits.detach(), chunk)
+        return gradient / len(indices), loss_sum, fooled
+
+    def fooled(self, logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Number of images counted as fooled: label changed (untargeted) or target reached (targeted)."""
+        predicted = logits.argmax(1)
+        if self.setup.target is not None:
+            return (predicted == self.setup.target).sum()
+        return (predicted != self.setup.clean_labels[indices]).sum()
+
+    # ------------------------------------------------------------------------------------------ the update
+    def step_direction(self, gradient: torch.Tensor, use_momentum: bool = True) -> torch.Tensor:
+        """The direction δ moves in: sign(g) under L∞ (a quantised step), g / ‖g‖₂ under L2.
+
+        With momentum μ > 0: v = μ v + g / ‖g‖₁ and the step follows v instead of g.
+        """
+        momentum = getattr(self.params, "momentum", 0.0)
+        if use_momentum and momentum > 0:
+            normalised = gradient / gradient.abs().sum().clamp_min(1e-20)
+            self.momentum_buffer = normalised if self.momentum_buffer is None else momentum * self.momentum_buffer + normalised
+            gradient = self.momentum_buffer
+        if self.setup.norm == "linf":
+            return torch.sign(gradient)
+        return gradient / gradient.norm().clamp_min(1e-20)
+
+    def step_size(self) -> float:
+        """Pixel units; the papers' default is 0.1 · eps (= 1/255 at eps 10/255)."""
+        return self.params.step_size if self.params.step_size else 0.1 * self.setup.eps
+
+    def apply(self, delta: torch.Tensor, gradient: torch.Tensor, use_momentum: bool = True) -> torch.Tensor:
+        """δ ← Project(δ + step · direction(g)) onto the eps ball."""
+        moved = delta + self.step_size() * self.step_direction(gradient, use_momentum)
+        return metrics.project(moved, self.setup.eps, self.setup.norm)
+
+    def update_statistics(self, gradient: torch.Tensor) -> dict[str, float]:
+        """Stability statistics of the gradient that was turned into this update (docs: Metrics)."""
+        stats = {
+            "grad_cosine": float("nan"), "sign_flip_rate": float("nan"),
+            "quantisation_error": metrics.quantisation_error(gradient) if self.setup.norm == "linf" else float("nan"),
+        }
+        if self.previous_gradient is not None:
+            stats["grad_cosine"] = metrics.cosine(gradient, self.previous_gradient)
+            stats["sign_flip_rate"] = metrics.sign_flip_rate(gradient, self.previous_gradient)
+        self.previous_gradient = gradient.detach().clone()
+        return stats
+
+    def delta_statistics(self) -> dict[str, float]:
+        stats = metrics.norms(self.delta)
+        stats["saturation"] = metrics.saturation(self.delta, self.setup.eps) if self.setup.norm == "linf" else float("nan")
+        stats["sign_ops"] = self.sign_ops
+        return stats
+
+    # ------------------------------------------------------------------------------------------ to implement
+    def step(self, indices: torch.Tensor) -> dict[str, float]:
+        """One update of δ on the mini-batch ``indices``; returns the step's metrics (floats, one sync)."""
+        raise NotImplementedError
+
+    def end_epoch(self) -> bool:
+        """Called after each epoch; True stops the run early (e.g. UAP reached its target fooling rate)."""
+        return False

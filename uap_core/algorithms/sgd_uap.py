@@ -1,0 +1,43 @@
+"""SGD-UAP — stochastic projected (sign-)gradient ascent on mini-batches (SPGD: Shafahi et al. AAAI 2020,
+Mummadi et al. ICCV 2019), as the SGA paper's official code runs its baseline:
+
+    for each batch X (size B = 250, shuffled) of the fit set:
+        y = k(X)
+        g = ∇_δ mean(min(CE(f(clamp(X + δ)), y), beta))
+        δ = clamp(δ + step · sign(g), -eps, eps)          # step = 0.1 · eps
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..params import param
+from .base import UAPAlgorithm
+
+
+@dataclass
+class SGDUAPParams:
+    batch_size: int = param(250, "Batch B: images per gradient step.", 1, 100_000)
+    step_size: float = param(None, "Step in pixel units (default 0.1·eps = 1/255 at eps 10/255).", 1e-6, 1.0)
+    beta: float = param(9.0, "Clamp of the cross-entropy loss (min(CE, beta)).", 1e-3, 1e3)
+    momentum: float = param(0.0, "Momentum (0 = off; 0.9 with v = 0.9 v + g/|g|_1 as an option).", 0.0, 0.999)
+    loss: str = param("ce", "Loss: clamped cross-entropy ('ce') or the clean label's negative logit.",
+                      choices=("ce", "logit"))
+
+
+class SGDUAP(UAPAlgorithm):
+    name = "sgd_uap"
+    title = "SGD-UAP (stochastic projected gradient ascent)"
+    Params = SGDUAPParams
+
+    def step(self, indices: torch.Tensor) -> dict[str, float]:
+        g, loss_sum, fooled = self.gradient(indices, self.delta)
+        self.delta = self.apply(self.delta, g)
+        self.sign_ops += self.setup.norm == "linf"
+        stats = {"loss": (loss_sum / len(indices)).item(),
+                 "batch_fooling_ratio": (fooled / len(indices)).item(), "image_gradients": len(indices)}
+        stats.update(self.update_statistics(g))
+        stats.update(self.delta_statistics())
+        return stats

@@ -1,0 +1,362 @@
+"""The one run interface: the CLI, the UI and the tests all drive a :class:`Run`.
+
+A run loads the model and images, fits a UAP with one algorithm and yields :class:`RunEvent` s as it goes:
+
+    run = Run(RunConfig(model="efficientnet_lite0", algorithm="sga", eps=10/255, images="samples"))
+    for event in run.events():          # "start", then "step" / "eval" events, then "done"
+        print(event.kind, event.data)
+    result = run.result                 # best δ so far, its held-out evaluation, the metric history
+
+``run.stop()`` (from any thread) ends the run after the current step, keeping the best δ so far. The same seed
+on the same device gives the same δ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from . import metrics
+from .algorithms import AttackSetup, UAPAlgorithm, get_algorithm
+from .errors import ParameterError
+from .evaluation import Evaluation, evaluate, predict_labels
+from .images import ImageSet, load_images
+from .models import Classifier, get_spec, load_model, resolve_device
+from .params import check_range, parse_number, parse_params
+
+NORMS = ("linf", "l2")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FIT_EVAL_LIMIT = 1000  # fit images used to pick the best δ at each evaluation
+
+
+@dataclass
+class RunConfig:
+    """What to generate. eps is in pixel units (10/255); accepts "10/255" strings too.
+
+    fit / holdout: image counts (None: half of the images each / all the rest). epochs: passes over the fit set
+    (None: the algorithm's default). eval_every: steps between held-out evaluations (None: about 20 per run).
+    params: the algorithm's own hyperparameters (see its Params class; missing ones take the paper defaults).
+    """
+
+    model: str = "efficientnet_lite0"
+    algorithm: str = "sga"
+    eps: float | str = 10 / 255
+    norm: str = "linf"
+    target: int | None = None
+    images: str = "samples"
+    fit: int | None = None
+    holdout: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    epochs: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    eval_every: int | None = None
+    precision: str = "auto"
+    input_size: int | None = None
+    weights: str | None = None
+    max_seconds: float | None = None
+
+    def validated(self) -> "RunConfig":
+        """A copy with eps parsed and every field checked; ParameterError names the allowed range."""
+        cfg = dataclasses.replace(self, params=dict(self.params))
+        cfg.eps = parse_number(cfg.eps, "eps")
+        check_range("eps", cfg.eps, 0.0, 1.0, exclusive_min=True) if cfg.norm == "linf" else \
+            check_range("eps", cfg.eps, 0.0, 1000.0, exclusive_min=True)
+        if cfg.norm not in NORMS:
+            raise ParameterError(f"norm {cfg.norm!r} is not allowed; choose one of {', '.join(NORMS)}")
+        if cfg.precision not in PRECISIONS:
+            raise ParameterError(f"precision {cfg.precision!r} is not allowed; choose one of {', '.join(PRECISIONS)}")
+        algorithm = get_algorithm(cfg.algorithm)
+        spec = get_spec(cfg.model)
+        parse_params(algorithm.Params, cfg.params)
+        if cfg.target is not None:
+            if not algorithm.supports_targeted:
+                raise ParameterError(f"{cfg.algorithm} is untargeted only; leave the target class empty")
+            cfg.target = int(parse_number(cfg.target, "target"))
+            check_range("target class", cfg.target, 0, spec.num_classes - 1)
+        for name in ("fit", "holdout", "epochs", "eval_every", "input_size"):
+            value = getattr(cfg, name)
+            if value is not None:
+                number = parse_number(value, name)
+                if number != int(number):
+                    raise ParameterError(f"{name} must be a whole number, got {value!r}")
+                check_range(name, number, 16 if name == "input_size" else 1, 100_000_000)
+                setattr(cfg, name, int(number))
+        cfg.seed = int(parse_number(cfg.seed, "seed"))
+        check_range("seed", cfg.seed, 0, 2**63 - 1)
+        if cfg.max_seconds is not None:
+            cfg.max_seconds = parse_number(cfg.max_seconds, "max_seconds")
+            check_range("max_seconds", cfg.max_seconds, 0.0, None, exclusive_min=True)
+        resolve_device(cfg.device)
+        return cfg
+
+
+@dataclass
+class RunEvent:
+    """kind: "start" | "step" | "eval" | "done"; step: updates so far; elapsed: seconds since the start."""
+
+    kind: str
+    step: int
+    epoch: int
+    elapsed: float
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "step": self.step, "epoch": self.epoch, "elapsed": self.elapsed, **self.data}
+
+
+@dataclass
+class RunResult:
+    """The outcome. delta: the best δ (3, H, W) float32 CPU, chosen by the fit-set fooling ratio at the
+    evaluations; evaluation: that δ on the held-out images; random_evaluation: same-norm random noise there."""
+
+    config: RunConfig
+    delta: torch.Tensor
+    last_delta: torch.Tensor
+    best_step: int
+    evaluation: Evaluation
+    random_evaluation: Evaluation
+    steps: int
+    seconds: float
+    reason: str  # "completed" | "converged" | "stopped" | "time limit" | "out of memory"
+    history: list[dict[str, Any]]
+    info: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able headline figures (the CLI's --json output, plus the artifact path added there)."""
+        held_out = self.evaluation.as_dict(top=10)
+        return {
+            "model": self.config.model, "algorithm": self.config.algorithm, "eps": self.config.eps,
+            "norm": self.config.norm, "target": self.config.target, "seed": self.config.seed,
+            "fooling_ratio": self.evaluation.fooling_ratio,
+            "random_fooling_ratio": self.random_evaluation.fooling_ratio,
+            "dominant_label": held_out["dominant_label"], "dominant_name": held_out["dominant_name"],
+            "dominant_share": held_out["dominant_share"],
+            "clean_accuracy": self.evaluation.clean_accuracy, "attacked_accuracy": self.evaluation.attacked_accuracy,
+            "target_success": self.evaluation.target_success,
+            "heldout_images": self.evaluation.count, "fit_images": self.info["fit_images"],
+            "linf": self.delta.abs().max().item(), "l2": self.delta.norm().item(),
+            "steps": self.steps, "best_step": self.best_step, "seconds": self.seconds, "reason": self.reason,
+            "device": self.info["device"], "precision": self.info["precision"],
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything needed to reproduce and judge the run (saved beside δ)."""
+        return {
+            "kind": "uap", "config": _jsonable(dataclasses.asdict(self.config)), **_jsonable(self.info),
+            "summary": self.summary(), "evaluation": self.evaluation.as_dict(),
+            "random_evaluation": {"fooling_ratio": self.random_evaluation.fooling_ratio},
+            "history": _jsonable(self.history),
+            "model": self.config.model, "algorithm": self.config.algorithm, "eps": self.config.eps,
+            "norm": self.config.norm, "seed": self.config.seed, "target": self.config.target,
+            "input_size": list(self.delta.shape[1:]),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    """auto → bf16 on a CUDA GPU that supports it (else fp16), fp32 on the CPU."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+class Run:
+    """One UAP generation. Iterate :meth:`events` (or call :meth:`run_to_end`); :meth:`stop` from any thread."""
+
+    def __init__(self, config: RunConfig, model: Classifier | None = None, images: ImageSet | None = None) -> None:
+        self.config = config.validated()
+        self._model = model
+        self._images = images
+        self._stop = threading.Event()
+        self.result: RunResult | None = None
+        self.algorithm: UAPAlgorithm | None = None
+
+    def stop(self) -> None:
+        """Ask the run to end after the current step; the best δ so far is kept."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def run_to_end(self, on_event: Callable[[RunEvent], None] | None = None) -> RunResult:
+        for event in self.events():
+            if on_event:
+                on_event(event)
+        assert self.result is not None
+        return self.result
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _prepare(self) -> None:
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        model = self._model or load_model(cfg.model, device, weights=cfg.weights)
+        self.model = model.to(device)
+        if device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.device = device
+        self.precision = choose_precision(cfg.precision, device)
+        spec = self.model.spec
+        size = cfg.input_size or spec.input_size
+        resize = round(size * spec.resize_size / spec.input_size)
+        images = self._images or load_images(cfg.images, size, resize, list(spec.class_names))
+        if cfg.fit is None and cfg.holdout is None:
+            fit, holdout = (len(images) + 1) // 2, len(images) // 2
+        else:
+            fit = cfg.fit if cfg.fit is not None else len(images) - cfg.holdout
+            holdout = cfg.holdout if cfg.holdout is not None else len(images) - fit
+        if len(images) < 2:
+            raise ParameterError(f"need at least 2 images (1 to fit, 1 held out); the source has {len(images)}")
+        self.fit_set, self.holdout_set = images.split(fit, holdout, cfg.seed)
+        self.images = images
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.fit_pixels = self.fit_set.pixels.to(device)
+        self.holdout_pixels = self.holdout_set.pixels.to(device)
+        self.fit_clean = predict_labels(self.model, self.fit_pixels, None, self.precision)
+        self.holdout_clean = predict_labels(self.model, self.holdout_pixels, None, self.precision)
+        algorithm_class = get_algorithm(cfg.algorithm)
+        params = parse_params(algorithm_class.Params, cfg.params)
+        setup = AttackSetup(self.model, self.fit_pixels, self.fit_clean, cfg.eps, cfg.norm, cfg.target,
+                            self.generator, self.precision)
+        self.algorithm = algorithm_class(setup, params)
+        self.params = params
+        self.epochs = cfg.epochs or algorithm_class.default_epochs
+        self.steps_per_epoch = math.ceil(len(self.fit_set) / self.algorithm.batch_size())
+        total = self.epochs * self.steps_per_epoch
+        self.eval_every = cfg.eval_every or max(1, total // 20)
+        noise_generator = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+        self.random_delta = metrics.random_perturbation(self.fit_pixels.shape[1:], cfg.eps, cfg.norm, noise_generator,
+                                                        device)
+
+    def _evaluate_holdout(self, delta: torch.Tensor) -> Evaluation:
+        return evaluate(self.model, self.holdout_pixels, delta, self.holdout_set.labels, self.holdout_clean,
+                        self.config.target, self.precision)
+
+    def _fit_fooling_ratio(self, delta: torch.Tensor) -> float:
+        count = min(len(self.fit_pixels), FIT_EVAL_LIMIT)
+        labels = predict_labels(self.model, self.fit_pixels[:count], delta, self.precision)
+        if self.config.target is not None:
+            return (labels == self.config.target).float().mean().item()
+        return metrics.fooling_ratio(self.fit_clean[:count], labels)
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def events(self) -> Iterator[RunEvent]:
+        """Run, yielding events; sets :attr:`result` before the final "done" event."""
+        cfg = self.config
+        started = time.perf_counter()
+        self._prepare()
+        elapsed = lambda: time.perf_counter() - started  # noqa: E731
+        random_eval = self._evaluate_holdout(self.random_delta)
+        clean_eval_accuracy = metrics.accuracy(self.holdout_clean.cpu(), self.holdout_set.labels)
+        info = {
+            "device": str(self.device), "precision": self.precision, "fit_images": len(self.fit_set),
+            "heldout_images": len(self.holdout_set), "image_source": self.images.source,
+            "skipped_images": [dataclasses.asdict(s) for s in self.images.skipped],
+            "input_size": list(self.fit_pixels.shape[2:]), "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch, "eval_every": self.eval_every,
+            "params": dataclasses.asdict(self.params), "algorithm_title": self.algorithm.title,
+            "model_title": self.model.spec.title,
+        }
+        history: list[dict[str, Any]] = []
+        start_event = RunEvent("start", 0, 0, elapsed(), {
+            **info, "total_steps": self.epochs * self.steps_per_epoch,
+            "random_fooling_ratio": random_eval.fooling_ratio, "clean_accuracy": clean_eval_accuracy})
+        history.append(start_event.as_dict())
+        yield start_event
+
+        best = {"fit_fooling_ratio": -1.0, "delta": self.algorithm.delta.clone(), "step": 0}
+        step, epoch, reason = 0, 0, "completed"
+        last_eval_step = -1
+
+        def evaluation_event() -> RunEvent:
+            nonlocal last_eval_step
+            delta = self.algorithm.delta
+            held_out = self._evaluate_holdout(delta)
+            fit_ratio = self._fit_fooling_ratio(delta)
+            is_best = fit_ratio > best["fit_fooling_ratio"]
+            if is_best:
+                best.update(fit_fooling_ratio=fit_ratio, delta=delta.clone(), step=step)
+            last_eval_step = step
+            data = {"heldout": held_out.as_dict(top=10), "fooling_ratio": held_out.fooling_ratio,
+                    "fit_fooling_ratio": fit_ratio, "is_best": is_best,
+                    "dominant_share": held_out.as_dict()["dominant_share"]}
+            return RunEvent("eval", step, epoch, elapsed(), data)
+
+        try:
+            for epoch in range(1, self.epochs + 1):
+                for batch in self.algorithm.epoch_batches():
+                    if self._stop.is_set():
+                        reason = "stopped"
+                        break
+                    if cfg.max_seconds is not None and elapsed() > cfg.max_seconds:
+                        reason = "time limit"
+                        break
+                    step_started = time.perf_counter()
+                    stats = self._step_with_backoff(batch)
+                    step += 1
+                    seconds = time.perf_counter() - step_started
+                    stats["images_per_second"] = stats["image_gradients"] / seconds if seconds > 0 else float("nan")
+                    stats["step_seconds"] = seconds
+                    event = RunEvent("step", step, epoch, elapsed(), stats)
+                    history.append(event.as_dict())
+                    yield event
+                    if step % self.eval_every == 0:
+                        event = evaluation_event()
+                        history.append(event.as_dict())
+                        yield event
+                if reason != "completed":
+                    break
+                if self.algorithm.end_epoch():
+                    reason = "converged"
+                    break
+        except torch.OutOfMemoryError:
+            reason = "out of memory"
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        if last_eval_step != step:
+            event = evaluation_event()
+            history.append(event.as_dict())
+            yield event
+        best_delta = best["delta"]
+        final = self._evaluate_holdout(best_delta)
+        self.result = RunResult(
+            config=cfg, delta=best_delta.detach().cpu(), last_delta=self.algorithm.delta.detach().cpu(),
+            best_step=best["step"], evaluation=final, random_evaluation=random_eval, steps=step,
+            seconds=elapsed(), reason=reason, history=history, info=info)
+        yield RunEvent("done", step, epoch, elapsed(), self.result.summary())
+
+    def _step_with_backoff(self, batch: torch.Tensor) -> dict[str, Any]:
+        """One algorithm step; on out-of-memory halve the chunk of images per forward and retry (down to 1)."""
+        while True:
+            try:
+                return self.algorithm.step(batch)
+            except torch.OutOfMemoryError:
+                current = self.algorithm.chunk_size or len(batch)
+                if current <= 1:
+                    raise
+                self.algorithm.chunk_size = max(1, current // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
