@@ -19,15 +19,11 @@ from uap_core.errors import ImageSourceError, ParameterError
 from uap_core.images import (ImageSet, SkippedImage, decode_image, imagenet_wnids, load_folder, load_images,
                              load_npz, load_samples, load_uploads)
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("UAP_SHARED_DIR") or REPO.parent / "shared")
+from conftest import REPO, shared_path
 
 
 def shared_file(rel: str) -> Path:
-    p = SHARED / "data" / rel
-    if not p.exists():
-        pytest.skip(f"shared data {p} is absent (set UAP_SHARED_DIR to the folder holding data/)")
-    return p
+    return shared_path("data/" + rel)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
