@@ -1,0 +1,89 @@
+"""The command line, end to end in a subprocess: JSON output, artifacts, errors as one line with no traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "uap_core", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_generate_evaluate_transfer_on_cifar(cifar_npz, tmp_path):
+    out = tmp_path / "uaps"
+    done = cli("generate", "--model", "cifar_resnet20", "--algorithm", "sgd_uap", "--eps", "10/255",
+               "--norm", "linf", "--images", str(cifar_npz), "--fit", "200", "--holdout", "200", "--seed", "3",
+               "--device", "cpu", "--epochs", "2", "--batch-size", "50", "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("fooling_ratio", "random_fooling_ratio", "dominant_label", "dominant_share", "seconds", "artifact"):
+        assert key in summary
+    artifact = Path(summary["artifact"])
+    assert artifact.exists() and artifact.with_suffix(".json").exists() and artifact.with_suffix(".png").exists()
+    assert artifact.name == "cifar_resnet20_sgd_uap_linf_10_seed3.safetensors"
+    assert summary["heldout_images"] == 200 and 0 <= summary["fooling_ratio"] <= 1
+
+    evaluated = cli("evaluate", "--uap", str(artifact), "--model", "cifar_resnet20", "--images", str(cifar_npz),
+                    "--limit", "300", "--device", "cpu", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    measured = json.loads(evaluated.stdout)
+    assert measured["count"] == 300 and 0 <= measured["fooling_ratio"] <= 1 and "random_fooling_ratio" in measured
+
+    # a second UAP to make the matrix 2 × 2
+    other = tmp_path / "zero.safetensors"
+    from uap_core.artifacts import save_uap
+    save_uap(torch.zeros(3, 32, 32), {"note": "zero"}, other)
+    table = cli("transfer", "--uap", str(artifact), str(other), "--models", "cifar_resnet20", "cifar_resnet56",
+                "--images", str(cifar_npz), "--limit", "200", "--device", "cpu", "--json")
+    assert table.returncode == 0, table.stderr
+    matrix = json.loads(table.stdout)
+    assert matrix["models"] == ["cifar_resnet20", "cifar_resnet56"]
+    assert len(matrix["fooling_ratio"]) == 2 and matrix["fooling_ratio"][1] == [0.0, 0.0]  # zero δ fools nobody
+    assert matrix["fooling_ratio"][0][0] > 0
+    text = cli("transfer", "--uap", str(artifact), "--models", "cifar_resnet20", "--images", str(cifar_npz),
+               "--limit", "100", "--device", "cpu")
+    assert text.returncode == 0 and "cifar_resnet20" in text.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("generate", "--model", "nope"), "unknown model 'nope'"),
+    (("generate", "--eps", "abc"), "eps must be a number"),
+    (("generate", "--eps", "0"), "eps = 0 is out of range"),
+    (("generate", "--algorithm", "uap", "--minibatch-size", "3"), "--minibatch-size does not apply to uap"),
+    (("generate", "--batch-size", "0"), "batch_size = 0 is out of range"),
+    (("generate", "--target", "5000"), "target class = 5000 is out of range"),
+    (("generate", "--images", "/no/such/folder"), "no such file or folder"),
+    (("evaluate", "--uap", "/no/such.safetensors"), "no such file"),
+    (("generate", "--model", "vgg16", "--weights", "/no/such/file.pth"), "weights file not found"),
+])
+def test_errors_are_one_clear_line(args, message, tmp_path, capsys):
+    from uap_core.__main__ import main
+
+    extra = ["--out", str(tmp_path)] if args[0] == "generate" else ["--json"]
+    assert main([*args, *extra]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_an_error_in_a_real_process_has_no_traceback(tmp_path):
+    bad = tmp_path / "evil.safetensors"
+    bad.write_bytes(b"\x80\x04cos\nsystem\n.")  # a pickle posing as safetensors
+    done = cli("evaluate", "--uap", str(bad), "--model", "efficientnet_lite0", "--images", "samples")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "safetensors" in lines[0]
+
+
+def test_list_models_json():
+    done = cli("list-models", "--json")
+    assert done.returncode == 0
+    listed = {m["name"]: m for m in json.loads(done.stdout)}
+    assert listed["efficientnet_lite0"]["state"] == "available"
+    assert listed["vgg16"]["state"] in ("available", "needs download")

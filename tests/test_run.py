@@ -1,0 +1,147 @@
+"""The run interface: events, stop, out-of-memory, determinism, validation — on CIFAR ResNet-20 (fast)."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+from uap_core.artifacts import load_uap, save_uap
+from uap_core.errors import ParameterError
+from uap_core.run import Run, RunConfig
+
+
+@pytest.fixture(scope="module")
+def cifar_config(cifar_npz):
+    return RunConfig(model="cifar_resnet20", algorithm="sgd_uap", images=str(cifar_npz), fit=200, holdout=300,
+                     epochs=3, device="cpu", params={"batch_size": 50}, eval_every=4)
+
+
+def test_events_and_result(cifar_config):
+    run = Run(cifar_config)
+    events = list(run.events())
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("step") == 12 and kinds.count("eval") == 3
+    steps = [e for e in events if e.kind == "step"]
+    assert [e.step for e in steps] == list(range(1, 13))
+    for key in ("loss", "batch_fooling_ratio", "grad_cosine", "quantisation_error", "linf", "l2",
+                "images_per_second", "saturation", "sign_ops", "sign_flip_rate"):
+        assert key in steps[-1].data
+    assert steps[-1].data["sign_ops"] == 12
+    evaluation = [e for e in events if e.kind == "eval"][-1].data
+    assert 0 <= evaluation["fooling_ratio"] <= 1
+    counts = evaluation["heldout"]["histogram"]["counts"]
+    assert sum(c[2] for c in counts) <= 300 and counts[0][1] in ("airplane", "automobile", "bird", "cat", "deer",
+                                                                 "dog", "frog", "horse", "ship", "truck")
+    result = run.result
+    assert result.reason == "completed" and result.steps == 12
+    assert result.delta.shape == (3, 32, 32) and result.delta.abs().max() <= 10 / 255 + 1e-7
+    summary = events[-1].data
+    assert summary["fooling_ratio"] == result.evaluation.fooling_ratio
+    # UAP beats same-norm random noise on held-out images by a wide margin
+    assert summary["fooling_ratio"] > 2 * summary["random_fooling_ratio"]
+    assert summary["clean_accuracy"] > 0.7 and summary["attacked_accuracy"] < summary["clean_accuracy"]
+
+
+def test_metadata_round_trips_through_an_artifact(cifar_config, tmp_path):
+    run = Run(RunConfig(**{**cifar_config.__dict__, "epochs": 1}))
+    result = run.run_to_end()
+    path = save_uap(result.delta, result.metadata(), tmp_path / "r20.safetensors")
+    loaded = load_uap(path, expected_size=(32, 32), eps=10 / 255)
+    assert torch.equal(loaded.delta, result.delta)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["model"] == "cifar_resnet20" and meta["algorithm"] == "sgd_uap"
+    assert meta["config"]["params"] == {"batch_size": 50} and meta["params"]["beta"] == 9.0
+    assert meta["summary"]["fooling_ratio"] == pytest.approx(result.evaluation.fooling_ratio)
+    assert any(h["kind"] == "step" for h in meta["history"])
+    assert "torch" in meta["library_versions"]
+
+
+def test_same_seed_same_delta_other_seed_differs(cifar_config):
+    short = {**cifar_config.__dict__, "epochs": 1, "algorithm": "sga",
+             "params": {"batch_size": 50, "minibatch_size": 10}}
+    first = Run(RunConfig(**short)).run_to_end()
+    again = Run(RunConfig(**short)).run_to_end()
+    other = Run(RunConfig(**{**short, "seed": 1})).run_to_end()
+    assert torch.equal(first.last_delta, again.last_delta)
+    assert not torch.equal(first.last_delta, other.last_delta)
+
+
+def test_stop_from_another_thread_keeps_the_best_so_far(cifar_config):
+    run = Run(RunConfig(**{**cifar_config.__dict__, "epochs": 50}))
+    seen = []
+
+    def consume():
+        for event in run.events():
+            seen.append(event)
+            if event.kind == "step" and event.step == 3:
+                threading.Thread(target=run.stop).start()
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    result = run.result
+    assert result.reason == "stopped" and 3 <= result.steps < 10
+    assert seen[-1].kind == "done" and seen[-2].kind == "eval"  # the δ at the stop was evaluated
+    assert result.delta.abs().max() > 0 and result.delta.abs().max() <= 10 / 255 + 1e-7
+
+
+def test_out_of_memory_backs_off_then_stops_keeping_delta(cifar_config, monkeypatch):
+    run = Run(RunConfig(**{**cifar_config.__dict__, "epochs": 2}))
+    from uap_core.algorithms.base import UAPAlgorithm
+
+    original = UAPAlgorithm.gradient
+    calls = {"n": 0}
+
+    def flaky(self, indices, delta):
+        calls["n"] += 1
+        if len(indices) > 25:  # "too big for the GPU": the run must split the batch
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, indices, delta)
+
+    monkeypatch.setattr(UAPAlgorithm, "gradient", flaky)
+    # the step itself calls gradient() with the whole batch; splitting happens via chunk_size inside gradient
+    monkeypatch.setattr(UAPAlgorithm, "gradient", lambda self, i, d: flaky(self, i if not self.chunk_size else
+                                                                         i[: self.chunk_size], d))
+    result = run.run_to_end()
+    assert result.reason == "completed" and run.algorithm.chunk_size == 25
+
+    def always(self, indices, delta):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    run = Run(RunConfig(**{**cifar_config.__dict__, "epochs": 2}))
+    monkeypatch.setattr(UAPAlgorithm, "gradient", always)
+    result = run.run_to_end()
+    assert result.reason == "out of memory" and result.steps == 0
+    assert result.delta.shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"eps": 0}, r"eps = 0 is out of range; allowed \(0, 1\]"),
+    ({"eps": -0.1}, "eps = -0.1 is out of range"),
+    ({"eps": 1.5}, r"eps = 1.5 is out of range; allowed \(0, 1\]"),
+    ({"eps": "ten"}, "eps must be a number"),
+    ({"eps": "nan"}, "finite"),
+    ({"model": "resnet9000"}, "unknown model"),
+    ({"algorithm": "fgsm"}, "unknown algorithm"),
+    ({"target": 1000}, r"target class = 1000 is out of range; allowed \[0, 999\]"),
+    ({"target": -1}, "target class = -1 is out of range"),
+    ({"algorithm": "uap", "target": 3}, "untargeted only"),
+    ({"epochs": 0}, r"epochs = 0 is out of range; allowed \[1,"),
+    ({"fit": -5}, "fit = -5 is out of range"),
+    ({"params": {"batch_size": 0}}, r"batch_size = 0 is out of range; allowed \[1, 100000\]"),
+    ({"params": {"batch_size": -1}}, "batch_size = -1"),
+    ({"norm": "l1"}, "norm 'l1' is not allowed"),
+    ({"device": "tpu"}, "device"),
+])
+def test_bad_parameters_are_rejected_with_the_allowed_range(changes, message):
+    with pytest.raises(ParameterError, match=message):
+        Run(RunConfig(**changes))
+
+
+def test_too_many_images_requested(cifar_npz):
+    run = Run(RunConfig(model="cifar_resnet20", images=str(cifar_npz), fit=1500, holdout=1000, device="cpu"))
+    with pytest.raises(ParameterError, match="2000"):
+        list(run.events())

@@ -1,0 +1,145 @@
+"""Plotly figures built from run events (plain ``scatter``, no WebGL: headless browsers have no GPU).
+
+Several runs → one trace per run per chart, same colour for a run on every chart, legend = algorithm + model + seed.
+No Streamlit import here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f")
+MAX_POINTS = 1500  # per trace; longer step series are thinned evenly (the last point is always kept)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str
+    title: str
+    kind: str  # "eval" or "step"
+    y_title: str
+    y_range: tuple[float, float] | None = None
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("fooling_ratio", "Held-out fooling ratio", "eval", "fooling ratio", (0.0, 1.02)),
+    MetricSpec("batch_fooling_ratio", "Batch fooling ratio (fit images)", "step", "fooling ratio", (0.0, 1.02)),
+    MetricSpec("grad_cosine", "Gradient-cosine stability cos(gₜ, gₜ₋₁)", "step", "cosine", None),
+    MetricSpec("quantisation_error", "Quantisation error 1 − cos(g, sign g)", "step", "error", None),
+    MetricSpec("loss", "Loss", "step", "loss", None),
+    MetricSpec("sign_ops", "Sign operations applied to δ", "step", "count", None),
+)
+
+
+@dataclass
+class RunSeries:
+    """What a chart needs of one run: its legend label, colour and events (dicts of RunEvent.as_dict())."""
+
+    label: str
+    events: Sequence[dict[str, Any]]
+    color: str
+    running: bool = False
+
+    @property
+    def random_fooling_ratio(self) -> float | None:
+        start = next((e for e in self.events if e["kind"] == "start"), None)
+        return start.get("random_fooling_ratio") if start else None
+
+
+def color_for(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def _clean(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def series_points(events: Sequence[dict[str, Any]], kind: str, key: str) -> tuple[list[int], list[float | None]]:
+    """(steps, values) of ``key`` in the events of ``kind``; NaN → gap; thinned to at most MAX_POINTS."""
+    rows = [(e["step"], _clean(e.get(key))) for e in events if e["kind"] == kind and key in e]
+    if len(rows) > MAX_POINTS:
+        stride = math.ceil(len(rows) / MAX_POINTS)
+        rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def _layout(fig: go.Figure, title: str, y_title: str, y_range: tuple[float, float] | None,
+            height: int = 280) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "font": {"size": 14}}, height=height, margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        xaxis_title="step", yaxis_title=y_title, legend={"orientation": "h", "y": -0.25, "font": {"size": 10}},
+        hovermode="x unified", uirevision=title)
+    if y_range:
+        fig.update_yaxes(range=list(y_range))
+    return fig
+
+
+def metric_figure(runs: Sequence[RunSeries], spec: MetricSpec, show_random: bool = True,
+                  height: int = 280) -> go.Figure:
+    """One metric against step, a trace per run (held-out fooling ratio also shows each run's random baseline)."""
+    fig = go.Figure()
+    for run in runs:
+        x, y = series_points(run.events, spec.kind, spec.key)
+        mode = "lines+markers" if spec.kind == "eval" or len(x) < 40 else "lines"
+        fig.add_trace(go.Scatter(x=x, y=y, mode=mode, name=run.label, legendgroup=run.label,
+                                 line={"color": run.color, "width": 2}, marker={"size": 6},
+                                 connectgaps=False))
+        baseline = run.random_fooling_ratio if show_random and spec.key == "fooling_ratio" else None
+        if baseline is not None and x:
+            fig.add_trace(go.Scatter(x=[0, max(x)], y=[baseline, baseline], mode="lines",
+                                     name=f"{run.label}: random noise, same eps", legendgroup=run.label,
+                                     line={"color": run.color, "dash": "dot", "width": 1}, showlegend=False,
+                                     hovertemplate="random-noise baseline %{y:.2f}<extra></extra>"))
+    return _layout(fig, spec.title, spec.y_title, spec.y_range, height)
+
+
+def metric_spec(key: str) -> MetricSpec:
+    return next(m for m in METRICS if m.key == key)
+
+
+def histogram_figure(histogram: dict[str, Any], title: str = "Dominant labels", top: int = 10,
+                     height: int = 320) -> go.Figure:
+    """Bar chart of the perturbed top-1 labels (histogram as the core's ``LabelHistogram.as_dict()``: counts are
+    [label, name, count] rows, sorted, with dominant_name / dominant_share)."""
+    counts = list(histogram.get("counts") or [])[:top]
+    total = histogram.get("total") or sum(c[2] for c in counts) or 1
+    names = [f"{name} ({label})" for label, name, _ in counts]
+    values = [count for _, _, count in counts]
+    shares = [count / total for count in values]
+    fig = go.Figure(go.Bar(
+        x=values[::-1], y=names[::-1], orientation="h", text=[f"{s:.0%}" for s in shares[::-1]],
+        textposition="auto", marker={"color": ["#8c9cb3"] * max(0, len(values) - 1) + ["#d62728"] * bool(values)},
+        hovertemplate="%{y}: %{x} images<extra></extra>"))
+    dominant = histogram.get("dominant_name")
+    share = histogram.get("dominant_share") or 0.0
+    subtitle = f"top label: {dominant} ({share:.0%} of {total} images)" if dominant else "no images"
+    fig.update_layout(title={"text": f"{title}<br><sup>{subtitle}</sup>", "font": {"size": 14}}, height=height,
+                      margin={"l": 10, "r": 10, "t": 60, "b": 30}, xaxis_title="images", yaxis={"automargin": True},
+                      uirevision=title)
+    return fig
+
+
+def transfer_heatmap(uap_names: Sequence[str], model_names: Sequence[str],
+                     values: Sequence[Sequence[float | None]], title: str = "Fooling ratio: UAP × model") -> go.Figure:
+    """The black-box table as a heatmap (rows: UAPs, columns: models; blank where a model could not be loaded)."""
+    z = [[_clean(v) for v in row] for row in values]
+    text = [["—" if v is None else f"{v:.2f}" for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(model_names), y=list(uap_names), text=text, texttemplate="%{text}", zmin=0, zmax=1,
+        colorscale="Reds", colorbar={"title": "fooling<br>ratio"},
+        hovertemplate="UAP %{y}<br>model %{x}<br>fooling ratio %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=max(260, 70 * len(uap_names) + 140),
+                      margin={"l": 10, "r": 10, "t": 50, "b": 40}, yaxis={"automargin": True, "autorange": "reversed"},
+                      xaxis={"side": "bottom"})
+    return fig

@@ -1,0 +1,154 @@
+"""Drawing runs (live or finished) from job snapshots: status lines, the metric charts, δ, the histogram,
+and the save / download controls of a finished run. Used by Home (the demo) and Generate."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import streamlit as st
+
+from uap_core.artifacts import uap_to_bytes
+from uap_core.errors import UAPError
+from uap_core.library import safe_name
+
+from . import cache, charts, widgets
+from .jobs import DONE, FAILED, QUEUED, STOPPED, JobSnapshot
+
+POLL_SECONDS = 0.5
+STATE_BADGES = {"running": ":blue-badge[running]", "queued": ":gray-badge[queued: waiting for the GPU]",
+                "done": ":green-badge[finished]", "stopped": ":orange-badge[stopped]",
+                "failed": ":red-badge[failed]"}
+
+
+def series(snapshots: Sequence[JobSnapshot]) -> list[charts.RunSeries]:
+    """Chart series of the runs, coloured by their position (the same colour on every chart)."""
+    return [charts.RunSeries(s.label, s.events, charts.color_for(i), s.active) for i, s in enumerate(snapshots)]
+
+
+def status_line(snap: JobSnapshot) -> None:
+    """State, progress and the latest numbers of one run, in one line (plus a progress bar while it runs)."""
+    parts = [STATE_BADGES.get(snap.state, snap.state), f"**{snap.label}**"]
+    total = snap.total_steps
+    last_step = snap.last_step
+    step = last_step["step"] if last_step else 0
+    if total:
+        parts.append(f"step {step}/{total}")
+    parts.append(f"{snap.elapsed:.0f} s")
+    last_eval = snap.last_eval
+    if last_eval is not None:
+        parts.append(f"held-out fooling ratio **{last_eval['fooling_ratio']:.0%}**")
+    baseline = snap.start_info.get("random_fooling_ratio")
+    if baseline is not None:
+        parts.append(f"random noise {baseline:.0%}")
+    if snap.result is not None:
+        parts.append(f"kept δ: step {snap.result.best_step} ({snap.result.reason})")
+    st.markdown(" · ".join(parts))
+    if snap.state == QUEUED:
+        st.caption("Another session is using the GPU; this run starts when it is free.")
+    elif snap.active and not snap.events:
+        st.caption("Preparing: classifying the clean images and the random-noise baseline…")
+    if snap.active and total:
+        st.progress(min(1.0, step / total))
+    if snap.state == FAILED and snap.error:
+        st.error(snap.error, icon=":material/error:")
+
+
+def metric_charts(snapshots: Sequence[JobSnapshot], key: str, keys: Sequence[str] | None = None,
+                  columns: int = 3, height: int = 280) -> None:
+    """The live metric charts, one trace per run."""
+    runs = series(snapshots)
+    specs = [charts.metric_spec(k) for k in keys] if keys else list(charts.METRICS)
+    cols = st.columns(columns)
+    for i, spec in enumerate(specs):
+        with cols[i % columns]:
+            st.plotly_chart(charts.metric_figure(runs, spec, height=height), key=f"{key}_{spec.key}",
+                            width="stretch")
+
+
+def delta_and_histogram(snap: JobSnapshot, key: str) -> None:
+    """The run's current δ (amplified) beside the dominant-label histogram of its latest held-out evaluation."""
+    left, right = st.columns([1, 2])
+    with left:
+        if snap.delta is not None:
+            widgets.perturbation_image(snap.delta)
+            if snap.result is not None:
+                st.caption("The kept δ (best fit-set fooling ratio at an evaluation).")
+            else:
+                st.caption("The current δ of the run.")
+        else:
+            st.info("δ appears after the first step.")
+    with right:
+        last_eval = snap.last_eval
+        if last_eval is not None:
+            widgets.histogram_chart(last_eval["heldout"]["histogram"], key=f"{key}_hist",
+                                    title=f"Held-out labels under δ (step {last_eval['step']})")
+        else:
+            st.info("The dominant-label histogram appears at the first evaluation.")
+
+
+def default_save_name(snap: JobSnapshot) -> str:
+    cfg = snap.result.config if snap.result else None
+    if cfg is None:
+        return f"run-{snap.id}"
+    eps = cfg.eps * 255
+    return safe_name(f"{cfg.algorithm}-{cfg.model}-{cfg.norm}-eps{eps:g}-seed{cfg.seed}-run{snap.id}")
+
+
+def result_panel(snap: JobSnapshot, key: str) -> None:
+    """Headline numbers of a finished run, Save to the library, download δ."""
+    result = snap.result
+    if result is None:
+        if snap.state == FAILED:
+            st.error(snap.error or "the run failed", icon=":material/error:")
+        else:
+            st.info("The run ended before it produced a perturbation.")
+        return
+    summary = result.summary()
+    cols = st.columns(5)
+    cols[0].metric("Held-out fooling ratio", widgets.percent(summary["fooling_ratio"]),
+                   help=f"on {summary['heldout_images']} images not used to fit δ")
+    cols[1].metric("Random noise, same eps", widgets.percent(summary["random_fooling_ratio"]))
+    cols[2].metric("Dominant label", summary["dominant_name"] or "—",
+                   help=f"share of the held-out images: {summary['dominant_share']:.0%}")
+    cols[3].metric("Steps", f"{summary['steps']}", help=f"ended: {summary['reason']}")
+    cols[4].metric("Time", f"{summary['seconds']:.0f} s", help=f"device {summary['device']}")
+    save_col, download_col = st.columns([3, 1])
+    with save_col:
+        with st.form(key=f"{key}_save_form", border=False):
+            name = st.text_input("Name in the library", value=default_save_name(snap), key=f"{key}_save_name")
+            overwrite = st.checkbox("Replace an entry of the same name", key=f"{key}_overwrite")
+            if st.form_submit_button("Save to the library", icon=":material/save:"):
+                try:
+                    with cache.LIBRARY_LOCK:
+                        entry = cache.library().save(name, result.delta, result.metadata(), overwrite=overwrite)
+                    st.success(f"Saved as **{entry.name}** in {cache.library().root}", icon=":material/check:")
+                except UAPError as exc:
+                    st.error(str(exc))
+    with download_col:
+        st.download_button("Download δ (.safetensors)", data=lambda: uap_to_bytes(result.delta, result.metadata()),
+                           file_name=f"{default_save_name(snap)}.safetensors", mime="application/octet-stream",
+                           key=f"{key}_download", on_click="ignore", icon=":material/download:")
+
+
+def finished_state(snap: JobSnapshot) -> bool:
+    return snap.state in (DONE, STOPPED, FAILED)
+
+
+def start_run(config, choice: "widgets.ImageChoice", kind: str = "generate", label: str | None = None):
+    """Validate ``config``, get the cached model and images, and start a :class:`~uap_ui.jobs.Job`.
+
+    Returns the started job, or None after showing the error in the page."""
+    from uap_core.run import Run
+
+    from .jobs import Job
+
+    try:
+        Run(config)  # validation only: a bad parameter is reported before any loading
+        model = cache.model(config.model, config.device)
+        images = widgets.load_image_choice(choice, config.model, config.input_size)
+        run = Run(config, model=model, images=images)
+    except UAPError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return None
+    widgets.show_skipped(images)
+    return Job(run, label=label, kind=kind).start()

@@ -1,0 +1,278 @@
+"""Widgets shared by the pages: model picker, image source picker, hyperparameter form, image grid, histogram.
+
+Every widget has a stable key; the settings of the Generate form persist across page switches
+(``persist_state="session"``). Errors a user can cause are shown with ``st.error`` and never as a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+import torch
+
+from uap_core.algorithms import ALGORITHMS
+from uap_core.artifacts import perturbation_png
+from uap_core.errors import UAPError
+from uap_core.images import IMAGE_EXTENSIONS, ImageSet
+from uap_core.models import ModelStatus, get_spec, load_model
+from uap_core.params import describe
+
+from . import cache, charts
+from .analysis import Analysis, perturbed_pixels, to_pil
+
+STATE_LABELS = {"available": "available offline", "needs download": "needs a one-time download",
+                "needs package": "needs a pip package", "needs weights file": "needs its weights file"}
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+# ---------------------------------------------------------------------------------------------- models
+def model_picker(key: str, label: str = "Model", default: str | None = DEFAULT_MODEL,
+                 persist: bool = True, help: str | None = None) -> ModelStatus:
+    """A selectbox of every registry model, each labelled with whether it can be loaded offline now."""
+    statuses = cache.model_statuses()
+    names = [s.spec.name for s in statuses]
+    by_name = {s.spec.name: s for s in statuses}
+    index = names.index(default) if default in names else 0
+    name = st.selectbox(
+        label, names, index=index, key=key,
+        format_func=lambda n: f"{by_name[n].spec.title} — {STATE_LABELS.get(by_name[n].state, by_name[n].state)}",
+        help=help or "Every model of the registry; the ones marked 'available offline' load without a network.",
+        persist_state="session" if persist else None)
+    return by_name[name]
+
+
+def model_ready(status: ModelStatus, key: str) -> bool:
+    """True when the model can be loaded; otherwise an error with the how-to (and, for torchvision weights, a
+    button that downloads them once, for machines with a network)."""
+    if status.available:
+        return True
+    spec = status.spec
+    st.error(f"**{spec.title}** is not available offline ({status.state}): {status.detail}. "
+             f"Pick a model marked 'available offline', or get its weights first "
+             f"(`python -m uap_core list-models --download {spec.name}` on a machine with a network).",
+             icon=":material/cloud_off:")
+    if status.state == "needs download":
+        if st.button(f"Download the weights of {spec.name} now (needs a network)", key=f"{key}_download"):
+            try:
+                with st.spinner(f"Downloading {spec.weights_file}…"):
+                    load_model(spec.name, "cpu", download=True)
+                cache.model_statuses.clear()
+                st.rerun()
+            except UAPError as exc:
+                st.error(str(exc))
+    return False
+
+
+def load_model_or_error(name: str, device: str = "auto"):
+    """The cached model, or None after showing the error in the page."""
+    try:
+        return cache.model(name, device)
+    except UAPError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return None
+
+
+def device_picker(key: str, persist: bool = True) -> str:
+    """auto / cpu / cuda (cuda only offered with a GPU)."""
+    options = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return st.selectbox("Device", options, key=key, persist_state="session" if persist else None,
+                        help="auto = the GPU when there is one, else the CPU.")
+
+
+def device_description() -> str:
+    """The device 'auto' picks, in words."""
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)} (CUDA)"
+    return f"CPU ({torch.get_num_threads()} threads; no CUDA GPU found)"
+
+
+# ---------------------------------------------------------------------------------------------- images
+@dataclass
+class ImageChoice:
+    """What the user picked: kind "samples" | "folder" | "upload" | "npz", with its source path or uploads."""
+
+    kind: str
+    source: str | None = None
+    uploads: list[tuple[str, bytes]] | None = None
+
+    @property
+    def describe(self) -> str:
+        if self.kind == "samples":
+            return "the embedded sample images"
+        if self.kind == "upload":
+            return f"{len(self.uploads or [])} uploaded file(s)"
+        return str(self.source)
+
+
+IMAGE_KINDS = {"samples": "Embedded samples", "folder": "A folder on this machine", "upload": "Upload images",
+               "npz": "CIFAR-style .npz"}
+
+
+def image_source_picker(prefix: str, persist: bool = True) -> ImageChoice:
+    """Radio of image sources plus the path field or uploader of the chosen one."""
+    keep = "session" if persist else None
+    kind = st.radio("Images", list(IMAGE_KINDS), format_func=IMAGE_KINDS.get, key=f"{prefix}_images_kind",
+                    horizontal=True, persist_state=keep,
+                    help="Embedded samples: 20 labelled ImageNet photos + 5 scikit-image photos, offline. Half are "
+                         "used to fit δ, the other half to measure it (held out).")
+    if kind == "samples":
+        return ImageChoice("samples", "samples")
+    if kind == "folder":
+        path = st.text_input("Folder path", key=f"{prefix}_folder", persist_state=keep,
+                             placeholder="/path/to/images (class sub-folders or <wnid>_*.JPEG names give labels)")
+        return ImageChoice("folder", path.strip() or None)
+    if kind == "npz":
+        path = st.text_input(".npz path", key=f"{prefix}_npz_path", persist_state=keep,
+                             placeholder="/path/to/cifar10-test.npz (arrays x: N×32×32×3 uint8, y: N labels)")
+        upload = st.file_uploader("…or upload a .npz", type=["npz"], key=f"{prefix}_npz_upload")
+        if upload is not None:
+            return ImageChoice("npz", cache.npz_upload_path(upload.name, upload.getvalue()))
+        return ImageChoice("npz", path.strip() or None)
+    files = st.file_uploader("Image files", type=None, accept_multiple_files=True, key=f"{prefix}_uploads",
+                             help="JPEG, PNG, WebP or BMP; at least 2 for a run (one to fit, one held out).")
+    return ImageChoice("upload", uploads=[(f.name, f.getvalue()) for f in files or []])
+
+
+def load_image_choice(choice: ImageChoice, model_name: str, input_size: int | None = None,
+                      limit: int | None = None) -> ImageSet:
+    """Decode the chosen images for a model (cached). Raises UAPError with a message for the page."""
+    from uap_core.errors import ImageSourceError
+
+    if choice.kind == "upload":
+        if not choice.uploads:
+            raise ImageSourceError("no files uploaded yet: upload at least two images ("
+                                   + ", ".join(IMAGE_EXTENSIONS) + ")")
+        images = cache.uploaded_images(choice.uploads, model_name, input_size)
+        return images.subset(range(min(limit, len(images)))) if limit else images
+    if not choice.source:
+        raise ImageSourceError("enter a path first" if choice.kind == "folder" else "enter or upload a .npz first")
+    return cache.images(choice.source, model_name, input_size, limit)
+
+
+def show_skipped(images: ImageSet) -> None:
+    """A warning listing the files that could not be decoded (the rest are used)."""
+    if images.skipped:
+        lines = "\n".join(f"- `{s.name}`: {s.reason}" for s in images.skipped[:10])
+        more = f"\n- … and {len(images.skipped) - 10} more" if len(images.skipped) > 10 else ""
+        st.warning(f"{len(images.skipped)} file(s) skipped (not usable images):\n{lines}{more}",
+                   icon=":material/warning:")
+
+
+# ---------------------------------------------------------------------------------------------- algorithm form
+def eps_input(prefix: str, norm: str, persist: bool = True) -> float:
+    """eps entered as n/255 (L∞ default 10, the papers'; L2 default 2000, the UAP paper's at 224 px)."""
+    default = 10.0 if norm == "linf" else 2000.0
+    return st.number_input(
+        "eps (n / 255)", min_value=0.1, max_value=255.0 if norm == "linf" else 255_000.0, value=default, step=1.0,
+        format="%g", key=f"{prefix}_eps_{norm}", persist_state="session" if persist else None,
+        help="The budget: each pixel may move by at most n/255 (L∞), or the whole perturbation has Euclidean "
+             "norm n/255 (L2). 10/255 is the standard L∞ budget on ImageNet.")
+
+
+def algorithm_params(algorithm: str, eps_255: float, prefix: str, persist: bool = True) -> dict[str, Any]:
+    """A form of the algorithm's hyperparameters with the paper defaults and help texts (from ``describe``).
+
+    Returns the values that differ from the defaults (step size in pixel units)."""
+    keep = "session" if persist else None
+    values: dict[str, Any] = {}
+    fields = describe(ALGORITHMS[algorithm].Params)
+    columns = st.columns(3)
+    for i, field in enumerate(fields):
+        name, default, label = field["name"], field["default"], field["label"].capitalize()
+        key = f"{prefix}_{algorithm}_{name}"
+        with columns[i % 3]:
+            if name == "step_size":
+                implied = round(0.1 * eps_255, 6)
+                chosen = st.number_input(
+                    "Step size (n / 255)", min_value=1e-4, max_value=255.0, value=implied, step=0.1, format="%g",
+                    key=f"{key}_{eps_255:g}", persist_state=keep,
+                    help=f"{field['help']} Default 0.1·eps = {implied:g}/255 at eps {eps_255:g}/255.")
+                if abs(chosen - implied) > 1e-9:
+                    values[name] = chosen / 255
+            elif field["choices"]:
+                options = list(field["choices"])
+                chosen = st.selectbox(label, options, index=options.index(default), key=key, help=field["help"],
+                                      persist_state=keep)
+                if chosen != default:
+                    values[name] = chosen
+            elif field["type"] in (int, "int"):
+                chosen = st.number_input(label, min_value=int(field["min"]) if field["min"] is not None else None,
+                                         max_value=int(field["max"]) if field["max"] is not None else None,
+                                         value=int(default), step=1, key=key, help=field["help"],
+                                         persist_state=keep)
+                if chosen != default:
+                    values[name] = int(chosen)
+            else:
+                chosen = st.number_input(label, min_value=float(field["min"]) if field["min"] is not None else None,
+                                         max_value=float(field["max"]) if field["max"] is not None else None,
+                                         value=float(default), step=0.01, format="%g", key=key,
+                                         help=field["help"], persist_state=keep)
+                if chosen != default:
+                    values[name] = float(chosen)
+    return values
+
+
+def target_picker(key: str, model_name: str, enabled: bool, persist: bool = True) -> int | None:
+    """Optional target class (None = untargeted: any wrong label counts)."""
+    names = get_spec(model_name).class_names
+    options: list[int | None] = [None, *range(len(names))]
+    choice = st.selectbox("Target class (optional)", options, key=f"{key}_{model_name}", disabled=not enabled,
+                          format_func=lambda i: "— none (untargeted) —" if i is None else f"{i}: {names[i]}",
+                          persist_state="session" if persist else None,
+                          help="Targeted: push every image to this class. Untargeted: any label change counts."
+                          + ("" if enabled else " (this algorithm is untargeted only)"))
+    return choice if enabled else None
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+def perturbation_image(delta: torch.Tensor, caption: str | None = None, width: int | str = "stretch") -> float:
+    """Show δ amplified so its largest entry reaches black/white (grey = 0). Returns the amplification."""
+    png, scale = perturbation_png(delta.detach().float().cpu())
+    linf = float(delta.abs().max()) * 255
+    text = caption or f"δ amplified ×{scale:.1f} (grey = 0), max |δ| = {linf:.1f}/255"
+    st.image(png, caption=text, output_format="PNG", width=width)
+    return scale
+
+
+def _caption(label: str, confidence: float) -> str:
+    return f"{label} ({confidence:.0%})"
+
+
+def prediction_grid(images: ImageSet, analysis: Analysis, count: int = 8, fooled_first: bool = True,
+                    columns: int = 4, only_fooled: bool = False) -> None:
+    """Pairs of clean / perturbed pictures with top-1 label and confidence before and after; fooled ones marked."""
+    rows = list(analysis.predictions)
+    if only_fooled:
+        rows = [p for p in rows if p.fooled]
+    if fooled_first:
+        rows.sort(key=lambda p: (not p.fooled, p.index))
+    rows = rows[:count]
+    if not rows:
+        st.info("No image to show" + (" (none is fooled at this strength)." if only_fooled else "."))
+        return
+    indices = torch.tensor([p.index for p in rows])
+    clean = images.pixels[indices]
+    perturbed = perturbed_pixels(clean, analysis.delta)
+    grid = st.columns(columns)
+    for slot, (p, a, b) in enumerate(zip(rows, clean, perturbed)):
+        with grid[slot % columns]:
+            with st.container(border=True):
+                mark = ":red[**fooled**]" if p.fooled else ":green[not fooled]"
+                st.markdown(f"{mark} · `{html.escape(p.name.split('/')[-1])}`")
+                left, right = st.columns(2)
+                left.image(to_pil(a), caption="clean: " + _caption(p.clean_name, p.clean_confidence),
+                           output_format="PNG", width="stretch")
+                right.image(to_pil(b), caption="perturbed: " + _caption(p.perturbed_name, p.perturbed_confidence),
+                            output_format="PNG", width="stretch")
+
+
+def histogram_chart(histogram: dict[str, Any], key: str, title: str = "Dominant labels under the perturbation",
+                    height: int = 320) -> None:
+    st.plotly_chart(charts.histogram_figure(histogram, title=title, height=height), key=key, width="stretch")
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
