@@ -14,7 +14,7 @@ from uap_core.run import Run, RunConfig
 @pytest.fixture(scope="module")
 def cifar_config(cifar_npz):
     return RunConfig(model="cifar_resnet20", algorithm="sgd_uap", images=str(cifar_npz), fit=200, holdout=300,
-                     epochs=3, device="cpu", params={"batch_size": 50}, eval_every=4)
+                     epochs=4, device="cpu", params={"batch_size": 25}, eval_every=8, eps="8/255")
 
 
 def test_events_and_result(cifar_config):
@@ -22,25 +22,25 @@ def test_events_and_result(cifar_config):
     events = list(run.events())
     kinds = [e.kind for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
-    assert kinds.count("step") == 12 and kinds.count("eval") == 3
+    assert kinds.count("step") == 32 and kinds.count("eval") == 4
     steps = [e for e in events if e.kind == "step"]
-    assert [e.step for e in steps] == list(range(1, 13))
+    assert [e.step for e in steps] == list(range(1, 33))
     for key in ("loss", "batch_fooling_ratio", "grad_cosine", "quantisation_error", "linf", "l2",
                 "images_per_second", "saturation", "sign_ops", "sign_flip_rate"):
         assert key in steps[-1].data
-    assert steps[-1].data["sign_ops"] == 12
+    assert steps[-1].data["sign_ops"] == 32
     evaluation = [e for e in events if e.kind == "eval"][-1].data
     assert 0 <= evaluation["fooling_ratio"] <= 1
     counts = evaluation["heldout"]["histogram"]["counts"]
     assert sum(c[2] for c in counts) <= 300 and counts[0][1] in ("airplane", "automobile", "bird", "cat", "deer",
                                                                  "dog", "frog", "horse", "ship", "truck")
     result = run.result
-    assert result.reason == "completed" and result.steps == 12
-    assert result.delta.shape == (3, 32, 32) and result.delta.abs().max() <= 10 / 255 + 1e-7
+    assert result.reason == "completed" and result.steps == 32
+    assert result.delta.shape == (3, 32, 32) and result.delta.abs().max() <= 8 / 255 + 1e-7
     summary = events[-1].data
     assert summary["fooling_ratio"] == result.evaluation.fooling_ratio
     # UAP beats same-norm random noise on held-out images by a wide margin
-    assert summary["fooling_ratio"] > 2 * summary["random_fooling_ratio"]
+    assert summary["fooling_ratio"] > 1.5 * summary["random_fooling_ratio"]
     assert summary["clean_accuracy"] > 0.7 and summary["attacked_accuracy"] < summary["clean_accuracy"]
 
 
@@ -48,11 +48,11 @@ def test_metadata_round_trips_through_an_artifact(cifar_config, tmp_path):
     run = Run(RunConfig(**{**cifar_config.__dict__, "epochs": 1}))
     result = run.run_to_end()
     path = save_uap(result.delta, result.metadata(), tmp_path / "r20.safetensors")
-    loaded = load_uap(path, expected_size=(32, 32), eps=10 / 255)
+    loaded = load_uap(path, expected_size=(32, 32), eps=8 / 255)
     assert torch.equal(loaded.delta, result.delta)
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["model"] == "cifar_resnet20" and meta["algorithm"] == "sgd_uap"
-    assert meta["config"]["params"] == {"batch_size": 50} and meta["params"]["beta"] == 9.0
+    assert meta["config"]["params"] == {"batch_size": 25} and meta["params"]["beta"] == 9.0
     assert meta["summary"]["fooling_ratio"] == pytest.approx(result.evaluation.fooling_ratio)
     assert any(h["kind"] == "step" for h in meta["history"])
     assert "torch" in meta["library_versions"]
@@ -60,7 +60,7 @@ def test_metadata_round_trips_through_an_artifact(cifar_config, tmp_path):
 
 def test_same_seed_same_delta_other_seed_differs(cifar_config):
     short = {**cifar_config.__dict__, "epochs": 1, "algorithm": "sga",
-             "params": {"batch_size": 50, "minibatch_size": 10}}
+             "params": {"batch_size": 50, "minibatch_size": 10}, "epochs": 1}
     first = Run(RunConfig(**short)).run_to_end()
     again = Run(RunConfig(**short)).run_to_end()
     other = Run(RunConfig(**{**short, "seed": 1})).run_to_end()
@@ -85,37 +85,40 @@ def test_stop_from_another_thread_keeps_the_best_so_far(cifar_config):
     result = run.result
     assert result.reason == "stopped" and 3 <= result.steps < 10
     assert seen[-1].kind == "done" and seen[-2].kind == "eval"  # the δ at the stop was evaluated
-    assert result.delta.abs().max() > 0 and result.delta.abs().max() <= 10 / 255 + 1e-7
+    assert result.delta.abs().max() > 0 and result.delta.abs().max() <= 8 / 255 + 1e-7
 
 
 def test_out_of_memory_backs_off_then_stops_keeping_delta(cifar_config, monkeypatch):
-    run = Run(RunConfig(**{**cifar_config.__dict__, "epochs": 2}))
-    from uap_core.algorithms.base import UAPAlgorithm
+    """Simulated CUDA out-of-memory: a forward of more than 12 images fails. Evaluation halves its batch,
+    a gradient step splits its batch into chunks; when even one image fails, the run stops and keeps δ."""
+    from uap_core.models import Classifier
 
-    original = UAPAlgorithm.gradient
-    calls = {"n": 0}
+    original = Classifier.forward
+    seen_batches = []
 
-    def flaky(self, indices, delta):
-        calls["n"] += 1
-        if len(indices) > 25:  # "too big for the GPU": the run must split the batch
+    def small_gpu(self, x):
+        seen_batches.append(len(x))
+        if len(x) > 12:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(self, indices, delta)
+        return original(self, x)
 
-    monkeypatch.setattr(UAPAlgorithm, "gradient", flaky)
-    # the step itself calls gradient() with the whole batch; splitting happens via chunk_size inside gradient
-    monkeypatch.setattr(UAPAlgorithm, "gradient", lambda self, i, d: flaky(self, i if not self.chunk_size else
-                                                                         i[: self.chunk_size], d))
-    result = run.run_to_end()
-    assert result.reason == "completed" and run.algorithm.chunk_size == 25
-
-    def always(self, indices, delta):
-        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
+    monkeypatch.setattr(Classifier, "forward", small_gpu)
     run = Run(RunConfig(**{**cifar_config.__dict__, "epochs": 2}))
-    monkeypatch.setattr(UAPAlgorithm, "gradient", always)
+    result = run.run_to_end()
+    assert result.reason == "completed" and result.steps == 16
+    assert run.algorithm.chunk_size == 12 and max(seen_batches) > 12
+    assert 0 < result.evaluation.fooling_ratio <= 1
+
+    def no_memory_for_gradients(self, x):
+        if torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, x)
+
+    monkeypatch.setattr(Classifier, "forward", no_memory_for_gradients)
+    run = Run(RunConfig(**{**cifar_config.__dict__, "epochs": 2}))
     result = run.run_to_end()
     assert result.reason == "out of memory" and result.steps == 0
-    assert result.delta.shape == (3, 32, 32)
+    assert result.delta.shape == (3, 32, 32) and result.evaluation.count == 300
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -55,7 +55,7 @@ def input_geometry(model_name: str, input_size: int | None = None) -> tuple[int,
     return size, round(size * spec.resize_size / spec.input_size)
 
 
-def _folder_stamp(source: str) -> int:
+def folder_stamp(source: str) -> int:
     """A cheap change marker for a folder / file source (its modification time), so a changed folder reloads."""
     try:
         return Path(source).expanduser().stat().st_mtime_ns
@@ -72,7 +72,7 @@ def _images(source: str, model_name: str, size: int, resize: int, limit: int | N
 def images(source: str, model_name: str, input_size: int | None = None, limit: int | None = None) -> ImageSet:
     """Images of ``source`` ("samples", a folder, a .npz or an image file) decoded for ``model_name``."""
     size, resize = input_geometry(model_name, input_size)
-    stamp = 0 if source == "samples" else _folder_stamp(source)
+    stamp = 0 if source == "samples" else folder_stamp(source)
     return _images(source, model_name, size, resize, limit, stamp)
 
 

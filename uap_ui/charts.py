@@ -46,6 +46,11 @@ class RunSeries:
     running: bool = False
 
     @property
+    def total_steps(self) -> int:
+        start = next((e for e in self.events if e["kind"] == "start"), None)
+        return int(start.get("total_steps") or 0) if start else 0
+
+    @property
     def random_fooling_ratio(self) -> float | None:
         start = next((e for e in self.events if e["kind"] == "start"), None)
         return start.get("random_fooling_ratio") if start else None
@@ -97,11 +102,16 @@ def metric_figure(runs: Sequence[RunSeries], spec: MetricSpec, show_random: bool
                                  connectgaps=False))
         baseline = run.random_fooling_ratio if show_random and spec.key == "fooling_ratio" else None
         if baseline is not None and x:
-            fig.add_trace(go.Scatter(x=[0, max(x)], y=[baseline, baseline], mode="lines",
+            fig.add_trace(go.Scatter(x=[0, max(max(x), run.total_steps)], y=[baseline, baseline], mode="lines",
                                      name=f"{run.label}: random noise, same eps", legendgroup=run.label,
                                      line={"color": run.color, "dash": "dot", "width": 1}, showlegend=False,
                                      hovertemplate="random-noise baseline %{y:.2f}<extra></extra>"))
-    return _layout(fig, spec.title, spec.y_title, spec.y_range, height)
+    fig = _layout(fig, spec.title, spec.y_title, spec.y_range, height)
+    # the x axis spans the planned steps, so a live chart fills up towards its end (integer ticks on short runs)
+    last = max([r.total_steps for r in runs] + [max(series_points(r.events, spec.kind, spec.key)[0], default=0)
+                                                for r in runs] + [5])
+    fig.update_xaxes(range=[0, last * 1.02])
+    return fig
 
 
 def metric_spec(key: str) -> MetricSpec:
@@ -116,11 +126,16 @@ def histogram_figure(histogram: dict[str, Any], title: str = "Dominant labels", 
     total = histogram.get("total") or sum(c[2] for c in counts) or 1
     names = [f"{name} ({label})" for label, name, _ in counts]
     values = [count for _, _, count in counts]
+    colors = ["#d62728"] + ["#8c9cb3"] * (len(values) - 1) if values else []
+    rest = total - sum(values)
+    if values and rest > 0:
+        names.append("all other labels")
+        values.append(rest)
+        colors.append("#d9d9d9")
     shares = [count / total for count in values]
     fig = go.Figure(go.Bar(
         x=values[::-1], y=names[::-1], orientation="h", text=[f"{s:.0%}" for s in shares[::-1]],
-        textposition="auto", marker={"color": ["#8c9cb3"] * max(0, len(values) - 1) + ["#d62728"] * bool(values)},
-        hovertemplate="%{y}: %{x} images<extra></extra>"))
+        textposition="auto", marker={"color": colors[::-1]}, hovertemplate="%{y}: %{x} images<extra></extra>"))
     dominant = histogram.get("dominant_name")
     share = histogram.get("dominant_share") or 0.0
     subtitle = f"top label: {dominant} ({share:.0%} of {total} images)" if dominant else "no images"

@@ -39,6 +39,7 @@ DELTA_COPY_INTERVAL = 0.25  # seconds between CPU copies of the current δ durin
 GRACE_SECONDS = 15.0  # how long a workspace without any browser session keeps its jobs running
 IDLE_WORKSPACE_SECONDS = 3600.0  # detached workspaces with nothing running are forgotten after this
 MAX_RUNS_SHOWN = 12  # finished runs kept for the comparison charts (oldest dropped first)
+HOLDOUT_KEPT = 64  # held-out images a finished job keeps for pictures
 
 _GPU_SEMAPHORE = threading.BoundedSemaphore(1)
 _ids = itertools.count(1)
@@ -105,7 +106,7 @@ class Job:
 
     def __init__(self, run: Run, label: str | None = None, kind: str = "generate") -> None:
         self.id = next(_ids)
-        self.run = run
+        self.run: Run | None = run  # dropped when the run ends (it holds the images on the device)
         self.config = run.config
         self.kind = kind
         self.label = label or run_label(run.config.algorithm, run.config.model, run.config.seed)
@@ -134,7 +135,9 @@ class Job:
         """Ask the run to end after its current step; the best δ so far is kept. Thread-safe, idempotent."""
         with self._lock:
             self._stop_requested = True
-        self.run.stop()
+            run = self.run
+        if run is not None:
+            run.stop()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the worker thread to end; True when it has."""
@@ -163,8 +166,8 @@ class Job:
             for name, value in values.items():
                 setattr(self, f"_{name}", value)
 
-    def _copy_delta(self) -> None:
-        algorithm = self.run.algorithm
+    def _copy_delta(self, run: Run) -> None:
+        algorithm = run.algorithm
         if algorithm is None:
             return
         copy = algorithm.delta.detach().to("cpu", copy=True)
@@ -173,37 +176,40 @@ class Job:
 
     def _work(self) -> None:
         uses_gpu = False
+        run = self.run
+        assert run is not None
         try:
             from uap_core.models import resolve_device
 
             uses_gpu = resolve_device(self.config.device).type == "cuda"
             if uses_gpu:
                 while not _GPU_SEMAPHORE.acquire(timeout=0.2):
-                    if self.run.stop_requested:
+                    if run.stop_requested:
                         self._set(state=STOPPED, error="stopped before it could start (the GPU was busy)")
                         uses_gpu = False
                         return
             self._set(state=RUNNING)
             last_copy = 0.0
-            for event in self.run.events():
+            for event in run.events():
                 record = event.as_dict()
                 now = time.monotonic()
                 if event.kind == "start":
-                    self.model = self.run.model
-                    self.holdout = self.run.holdout_set
+                    self.model = run.model
+                    holdout = run.holdout_set  # CPU; a few of them are shown as pictures afterwards
+                    self.holdout = holdout.subset(range(min(len(holdout), HOLDOUT_KEPT)))
                     with self._lock:
                         self._start_info = dict(event.data)
                 if event.kind == "eval" or (event.kind == "step" and now - last_copy >= DELTA_COPY_INTERVAL):
-                    self._copy_delta()
+                    self._copy_delta(run)
                     last_copy = now
                 if event.kind == "done":
-                    result = self.run.result
+                    result = run.result
                     with self._lock:
                         self._result = result
                         self._delta = result.delta if result is not None else self._delta  # the kept (best) δ
                 with self._lock:
                     self._events.append(record)
-            result = self.run.result
+            result = run.result
             self._set(state=STOPPED if result is not None and result.reason == "stopped" else DONE)
         except UAPError as exc:
             self._set(state=FAILED, error=str(exc))
@@ -211,6 +217,9 @@ class Job:
             log.error("job %s failed:\n%s", self.id, traceback.format_exc())
             self._set(state=FAILED, error=f"{type(exc).__name__}: {exc}")
         finally:
+            with self._lock:
+                self.run = None  # frees the fit / held-out tensors on the device
+            del run
             if uses_gpu:
                 _GPU_SEMAPHORE.release()
                 if torch.cuda.is_available():

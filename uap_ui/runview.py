@@ -150,5 +150,29 @@ def start_run(config, choice: "widgets.ImageChoice", kind: str = "generate", lab
     except UAPError as exc:
         st.error(str(exc), icon=":material/error:")
         return None
-    widgets.show_skipped(images)
+    if images.skipped:  # shown after the rerun that redraws the buttons (see show_notices)
+        st.session_state.setdefault(_NOTICES, []).append(images)
     return Job(run, label=label, kind=kind).start()
+
+
+_NOTICES = "_uap_run_notices"
+
+
+def show_notices() -> None:
+    """Warnings left by :func:`start_run` for the next script run (files that could not be decoded)."""
+    for images in st.session_state.pop(_NOTICES, []):
+        widgets.show_skipped(images)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Classifying the held-out images with and without δ…")
+def _job_analysis(job_id: int, _model, _images, _delta):
+    from .analysis import analyse
+
+    return analyse(_model, _images, _delta)
+
+
+def job_analysis(job, snap: JobSnapshot):
+    """Per-image predictions of a finished job's kept δ on its held-out images (computed once per job)."""
+    if snap.result is None or job.model is None or job.holdout is None:
+        return None
+    return _job_analysis(job.id, job.model, job.holdout, snap.result.delta)

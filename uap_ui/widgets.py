@@ -111,10 +111,10 @@ IMAGE_KINDS = {"samples": "Embedded samples", "folder": "A folder on this machin
                "npz": "CIFAR-style .npz"}
 
 
-def image_source_picker(prefix: str, persist: bool = True) -> ImageChoice:
+def image_source_picker(prefix: str, persist: bool = True, kinds: tuple[str, ...] = tuple(IMAGE_KINDS)) -> ImageChoice:
     """Radio of image sources plus the path field or uploader of the chosen one."""
     keep = "session" if persist else None
-    kind = st.radio("Images", list(IMAGE_KINDS), format_func=IMAGE_KINDS.get, key=f"{prefix}_images_kind",
+    kind = st.radio("Images", list(kinds), format_func=IMAGE_KINDS.get, key=f"{prefix}_images_kind",
                     horizontal=True, persist_state=keep,
                     help="Embedded samples: 20 labelled ImageNet photos + 5 scikit-image photos, offline. Half are "
                          "used to fit δ, the other half to measure it (held out).")
@@ -152,6 +152,15 @@ def load_image_choice(choice: ImageChoice, model_name: str, input_size: int | No
     return cache.images(choice.source, model_name, input_size, limit)
 
 
+def image_key(choice: ImageChoice, model_name: str, input_size: int | None = None, limit: int | None = None) -> str:
+    """A string that identifies the decoded images (for caching what is computed from them)."""
+    if choice.kind == "upload":
+        what = "upload:" + cache.upload_digest(choice.uploads or [])
+    else:
+        what = f"{choice.kind}:{choice.source}:{cache.folder_stamp(choice.source or '')}"
+    return f"{what}|{model_name}|{input_size}|{limit}"
+
+
 def show_skipped(images: ImageSet) -> None:
     """A warning listing the files that could not be decoded (the rest are used)."""
     if images.skipped:
@@ -187,7 +196,8 @@ def algorithm_params(algorithm: str, eps_255: float, prefix: str, persist: bool 
             if name == "step_size":
                 implied = round(0.1 * eps_255, 6)
                 chosen = st.number_input(
-                    "Step size (n / 255)", min_value=1e-4, max_value=255.0, value=implied, step=0.1, format="%g",
+                    "Step size (n / 255)", min_value=1e-4, max_value=max(255.0, implied), value=implied, step=0.1,
+                    format="%g",
                     key=f"{key}_{eps_255:g}", persist_state=keep,
                     help=f"{field['help']} Default 0.1·eps = {implied:g}/255 at eps {eps_255:g}/255.")
                 if abs(chosen - implied) > 1e-9:

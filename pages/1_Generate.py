@@ -1,0 +1,154 @@
+"""Generate: fit a UAP with any algorithm on any model of the registry, watch it live, race methods, save it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
+
+from uap_core.algorithms import ALGORITHMS
+from uap_core.run import PRECISIONS, RunConfig
+from uap_ui import runview, widgets
+from uap_ui.jobs import Workspace, run_label
+from uap_ui.session import current_workspace, setup_page
+
+MAX_RUNNING = 3
+RACE = ("sga", "sgd_uap")  # the SGA paper's central comparison
+SHARED_PARAMS = ("batch_size", "step_size", "beta", "momentum", "loss")
+
+workspace = setup_page("Generate")
+st.title("Generate a universal perturbation")
+st.caption("One perturbation δ for all images, fitted on half of them and measured on the other half (held out). "
+           "Runs go on in the background: switch pages or refresh, they keep going.")
+
+
+def stop_runs(ws: Workspace) -> None:
+    for job in ws.running():
+        job.stop()
+
+
+# ---------------------------------------------------------------------------------------------- the setup
+with st.container(border=True):
+    col_model, col_method, col_run = st.columns([5, 4, 3])
+    with col_model:
+        status = widgets.model_picker("gen_model")
+        model_ok = widgets.model_ready(status, "gen_model")
+        choice = widgets.image_source_picker("gen")
+    with col_method:
+        algorithm = st.selectbox("Algorithm", list(ALGORITHMS), key="gen_algorithm", persist_state="session",
+                                 format_func=lambda a: ALGORITHMS[a].title,
+                                 help="SGA: small-batch inner steps whose gradients are aggregated before one sign "
+                                      "step. SGD-UAP: one sign step per mini-batch (the SGA paper's baseline). "
+                                      "UAP: the original DeepFool accumulation (slow).")
+        norm = st.radio("Norm", ["linf", "l2"], key="gen_norm", horizontal=True, persist_state="session",
+                        format_func={"linf": "L∞", "l2": "L2"}.get)
+        eps_255 = widgets.eps_input("gen", norm)
+        target = widgets.target_picker("gen_target", status.spec.name, ALGORITHMS[algorithm].supports_targeted)
+    with col_run:
+        seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="gen_seed",
+                               persist_state="session", help="Same seed, images and device → the same δ.")
+        device = widgets.device_picker("gen_device")
+    with st.expander("Hyperparameters (paper defaults)"):
+        params = widgets.algorithm_params(algorithm, eps_255, "gen")
+    with st.expander("Run settings"):
+        c1, c2, c3, c4 = st.columns(4)
+        epochs = c1.number_input("Epochs", min_value=1, max_value=100_000, value=ALGORITHMS[algorithm].default_epochs,
+                                 key=f"gen_epochs_{algorithm}", persist_state="session",
+                                 help="Passes over the fit images (UAP: passes of DeepFool accumulation).")
+        fit = c2.number_input("Fit images (0 = half)", min_value=0, value=0, step=1, key="gen_fit",
+                              persist_state="session", help="Images δ is fitted on; the rest are held out.")
+        eval_every = c3.number_input("Evaluate every n steps (0 = auto)", min_value=0, value=0, step=1,
+                                     key="gen_eval_every", persist_state="session",
+                                     help="Held-out evaluations; auto gives about 20 per run.")
+        input_size = c4.number_input("Input size (0 = the model's)", min_value=0, max_value=1024, value=0, step=1,
+                                     key="gen_input_size", persist_state="session",
+                                     help="Smaller inputs run faster on a CPU (the model still works, less well).")
+        c5, c6, _, _ = st.columns(4)
+        precision = c5.selectbox("Precision", list(PRECISIONS), key="gen_precision", persist_state="session",
+                                 help="auto: bf16/fp16 on a GPU, fp32 on the CPU.")
+        max_seconds = c6.number_input("Time limit, s (0 = none)", min_value=0, value=0, step=10,
+                                      key="gen_max_seconds", persist_state="session",
+                                      help="Stop after this long, keeping the best δ so far.")
+
+    def config_for(method: str, method_params: dict) -> RunConfig:
+        return RunConfig(
+            model=status.spec.name, algorithm=method, eps=eps_255 / 255, norm=norm, target=target,
+            images=choice.source if choice.kind != "upload" else "uploads", fit=fit or None, seed=int(seed),
+            device=device, epochs=int(epochs), params=method_params,
+            eval_every=eval_every or None, precision=precision, input_size=input_size or None,
+            max_seconds=max_seconds or None)
+
+    running = workspace.running()
+    b1, b2, b3, b4 = st.columns(4)
+    start = b1.button("Start", type="primary", key="gen_start", icon=":material/play_arrow:",
+                      disabled=not model_ok or len(running) >= MAX_RUNNING, width="stretch")
+    race = b2.button("Race SGA vs SGD-UAP", key="gen_race", icon=":material/compare_arrows:",
+                     disabled=not model_ok or len(running) + 2 > MAX_RUNNING, width="stretch",
+                     help="Start both on the same images, seed and eps (shared hyperparameters taken from the "
+                          "form): the paper's central comparison, live on the same axes.")
+    b3.button("Stop", key="gen_stop", icon=":material/stop:", on_click=stop_runs, args=(workspace,),
+              disabled=not running, width="stretch", help="Ends the runs after their current step; each keeps "
+                                                          "its best δ so far.")
+    b4.button("Clear finished runs", key="gen_clear", icon=":material/clear_all:",
+              on_click=workspace.clear_finished, width="stretch")
+
+    if start and model_ok:
+        job = runview.start_run(config_for(algorithm, params), choice)
+        if job is not None:
+            workspace.add_run(job)
+            st.rerun()  # redraw the buttons (Stop enabled) and start polling
+    if race and model_ok:
+        for method in RACE:
+            if method == algorithm:
+                method_params = params
+            elif algorithm in RACE:  # the other method of the pair: same batch, step, loss
+                method_params = {k: v for k, v in params.items() if k in SHARED_PARAMS}
+            else:
+                method_params = {}
+            job = runview.start_run(config_for(method, method_params), choice,
+                                    label=run_label(method, status.spec.name, int(seed)) + " (race)")
+            if job is None:
+                break
+            workspace.add_run(job)
+        else:
+            st.rerun()
+    runview.show_notices()
+
+# ---------------------------------------------------------------------------------------------- live view
+running_at_render = bool(workspace.running())
+
+
+@st.fragment(run_every=runview.POLL_SECONDS if running_at_render else None)
+def live_view() -> None:
+    """Redrawn every half second while a run is going; one full rerun when the last one ends."""
+    ws = current_workspace()
+    jobs = ws.runs_list()
+    snapshots = [job.snapshot() for job in jobs]
+    if running_at_render and not any(s.active for s in snapshots):
+        st.rerun()
+    if not snapshots:
+        st.info("Press **Start** to fit a perturbation; its fooling ratio, gradient stability and quantisation "
+                "error appear here live. Finished runs stay on the charts, so methods can be compared on the same "
+                "axes (try **Race SGA vs SGD-UAP**).", icon=":material/insights:")
+        return
+    for snap in reversed(snapshots):
+        runview.status_line(snap)
+    runview.metric_charts(snapshots, key="gen_chart")
+    labels = {s.id: s.label for s in snapshots}
+    shown_id = snapshots[-1].id
+    if len(snapshots) > 1:
+        shown_id = st.selectbox("Show δ and labels of", list(reversed(list(labels))), format_func=labels.get,
+                                key="gen_detail_run")
+    shown = next(s for s in snapshots if s.id == shown_id)
+    runview.delta_and_histogram(shown, key="gen_detail")
+
+
+live_view()
+
+# ---------------------------------------------------------------------------------------------- results
+finished = [job.snapshot() for job in workspace.runs_list() if not job.active]
+if finished:
+    st.subheader("Results")
+    for i, snap in enumerate(reversed(finished)):
+        with st.expander(f"{snap.label} — {snap.state}", expanded=i == 0):
+            runview.result_panel(snap, key=f"gen_result_{snap.id}")

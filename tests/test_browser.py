@@ -1,0 +1,251 @@
+"""The app in a real browser: ``streamlit run app.py`` on a free local port, driven by Playwright with Debian's
+Chromium. The demo end to end (and surviving a refresh), every page opening without an exception, two browser
+sessions running jobs at once. Screenshots go to ``test-artifacts/screenshots/`` (left behind for people).
+
+Without /usr/bin/chromium the tests skip, or fail when the environment variable CI is set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ui_helpers, whatever pytest's import mode
+from ui_helpers import ROOT, save_test_uap  # noqa: E402
+
+CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))  # Debian's chromium
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+VIEWPORT = {"width": 1400, "height": 1000}
+TALL = {"width": 1400, "height": 2600}  # Streamlit scrolls inside its own container: a tall window shows it all
+DEMO_SECONDS = 120  # the demo must finish well within this (it is tuned for 60 s on 2 CPU cores)
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the browser test must run: install Debian's chromium, "
+                    f"`apt-get install chromium`, and `pip install playwright`)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        _unavailable(f"{CHROMIUM} is missing")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright (Python) is not installed")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Streamlit server on a free port with a temporary library holding one UAP; stopped by its process id."""
+    work = tmp_path_factory.mktemp("browser")
+    library = work / "library"
+    save_test_uap(library, "browser-uap")
+    port = _free_port()
+    env = {**os.environ, "UAP_LIBRARY_DIR": str(library), "OMP_WAIT_POLICY": "PASSIVE",
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    log_path = work / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start; its log:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        print(f"server log: {log_path}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def screenshot_folder():
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS
+
+
+def open_page(context, url: str, size: dict = VIEWPORT):
+    """A new tab at ``url``, waited until Streamlit is connected and its first script run is over."""
+    from playwright.sync_api import expect
+
+    page = context.new_page()
+    page.set_viewport_size(size)
+    page.goto(url)
+    wait_loaded(page)
+    expect(page.locator("[data-testid='stApp'][data-test-connection-state='CONNECTED']")).to_have_count(
+        1, timeout=30_000)
+    return page
+
+
+def wait_loaded(page, timeout: float = 60_000) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("[data-testid='stApp'][data-test-connection-state='CONNECTED']")).to_have_count(
+        1, timeout=timeout)
+    expect(page.locator("[data-testid='stApp'][data-test-script-state='notRunning']")).to_have_count(
+        1, timeout=timeout)
+    expect(page.locator("[data-testid='stSkeleton']")).to_have_count(0, timeout=timeout)  # lazy widgets drawn
+
+
+def no_exception(page) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("[data-testid='stException']")).to_have_count(0)
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def status(page):
+    """The run status lines (the markdown that carries a state badge)."""
+    return page.locator("[data-testid='stMarkdownContainer']").filter(
+        has_text=re.compile(r"(running|queued|finished|stopped|failed).*seed \d+"))
+
+
+# ---------------------------------------------------------------------------------------------- the demo
+def test_demo_end_to_end_and_refresh(browser, server):
+    from playwright.sync_api import expect
+
+    context = browser.new_context()
+    try:
+        page = open_page(context, server, TALL)
+        no_exception(page)
+        expect(page.get_by_text("Device in use")).to_be_visible()
+        shot(page, "01-home")
+        started = time.monotonic()
+        page.locator("button", has_text="Run the demo").click()
+        fooling = page.get_by_text(re.compile(r"held-out fooling ratio \d+%"))
+        expect(fooling.first).to_be_visible(timeout=60_000)
+        first_point = time.monotonic() - started
+        shot(page, "02-home-demo-running")
+
+        # a refresh finds the run again (it lives server-side, keyed to the URL's workspace token)
+        assert "ws=" in page.url
+        page.reload()
+        wait_loaded(page)
+        expect(status(page).first).to_contain_text(re.compile("running|finished"), timeout=15_000)
+        expect(page.get_by_text("What the perturbation does")).to_be_visible(timeout=DEMO_SECONDS * 1000)
+        finished = time.monotonic() - started
+        expect(status(page).first).to_contain_text("finished")
+        no_exception(page)
+        expect(page.locator("[data-testid='stImage']").nth(3)).to_be_visible()  # explainer, δ, image pairs
+        page.wait_for_timeout(500)  # let the last chart frames paint before the picture
+        shot(page, "03-home-demo-done")
+        print(f"demo: first held-out fooling ratio after {first_point:.1f} s, finished after {finished:.1f} s")
+        assert finished < DEMO_SECONDS
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------------------------------------- every page
+@pytest.mark.parametrize("path, heading", [
+    ("Generate", "Generate a universal perturbation"),
+    ("Inspect", "Inspect a perturbation"),
+    ("Transfer", "Transfer: does a perturbation fool other models?"),
+    ("Library", "Library"),
+])
+def test_page_opens(browser, server, path, heading):
+    from playwright.sync_api import expect
+
+    context = browser.new_context()
+    try:
+        page = open_page(context, f"{server}/{path}", TALL)  # a deep link, as a bookmark would open it
+        expect(page.get_by_role("heading", name=heading).first).to_be_visible(timeout=30_000)
+        if path == "Inspect":  # the saved UAP: grid of clean / perturbed pairs and the histogram
+            expect(page.get_by_text("Clean vs perturbed", exact=True)).to_be_visible(timeout=60_000)
+            expect(page.locator("[data-testid='stImage']")).to_have_count(17, timeout=60_000)
+            expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
+        if path == "Transfer":
+            page.locator("button", has_text="Compute the table").click()
+            expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1, timeout=90_000)
+        if path == "Library":
+            expect(page.locator("code", has_text="browser-uap").first).to_be_visible(timeout=30_000)  # "Manage …"
+            expect(page.locator("[data-testid='stImage']")).to_have_count(1, timeout=30_000)  # its preview
+        wait_loaded(page)
+        no_exception(page)
+        page.wait_for_timeout(500)
+        shot(page, f"04-page-{path.lower()}")
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------------------------------------- two sessions
+def test_two_sessions_run_at_once(browser, server):
+    """Session B runs the demo while session A runs a small SGA on the Generate page: both finish, and neither
+    sees the other's run."""
+    from playwright.sync_api import expect
+
+    context_a, context_b = browser.new_context(), browser.new_context()
+    try:
+        page_b = open_page(context_b, server, TALL)
+        page_a = open_page(context_a, f"{server}/Generate", TALL)
+        page_b.locator("button", has_text="Run the demo").click()
+        expect(status(page_b).first).to_contain_text("running", timeout=30_000)
+        expect(page_b.locator("button", has_text="Stop").first).to_be_enabled()
+
+        page_a.get_by_text("Run settings").click()
+        for label, value in (("Input size (0 = the model's)", "96"), ("Epochs", "6")):
+            field = page_a.get_by_label(label, exact=True)
+            field.fill(value)
+            field.press("Enter")
+            wait_loaded(page_a)
+        page_a.locator("button", has_text="Start").first.click()
+        expect(status(page_a).first).to_contain_text("running", timeout=30_000)
+        expect(page_a.locator("button", has_text="Stop").first).to_be_enabled()  # a running job can be stopped
+        expect(status(page_b).first).to_contain_text("running")  # both at once
+        shot(page_a, "05-two-sessions-a-generate-running")
+        shot(page_b, "06-two-sessions-b-demo-running")
+
+        expect(status(page_a).first).to_contain_text("finished", timeout=DEMO_SECONDS * 1000)
+        expect(status(page_b).first).to_contain_text("finished", timeout=DEMO_SECONDS * 1000)
+        for page in (page_a, page_b):
+            wait_loaded(page)
+            no_exception(page)
+            expect(status(page)).to_have_count(1)  # each session sees its own run only
+        expect(status(page_a).first).to_contain_text("SGA · efficientnet_lite0 · seed 0")
+        expect(page_a.get_by_role("heading", name="Results")).to_be_visible()
+        page_a.wait_for_timeout(500)
+        shot(page_a, "07-two-sessions-a-generate-done")
+        shot(page_b, "08-two-sessions-b-demo-done")
+    finally:
+        context_a.close()
+        context_b.close()

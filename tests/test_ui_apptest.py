@@ -1,0 +1,303 @@
+"""Every page under Streamlit's AppTest: default widgets, a tiny run to completion, charts, histogram, library.
+
+``run_every`` never fires under AppTest, so a running job is followed by calling ``at.run()`` in a loop with a
+deadline (:func:`ui_helpers.wait_for_runs`). Tiny runs use a 64-px input and one epoch on the embedded samples.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ui_helpers, whatever pytest's import mode
+from ui_helpers import PAGES, figure_titled, plotly_specs, save_test_uap, status_lines, wait_for_runs  # noqa: E402
+
+TIMEOUT = 120  # seconds for one script run (the first one loads the model)
+
+
+@pytest.fixture
+def library_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "library"
+    monkeypatch.setenv("UAP_LIBRARY_DIR", str(folder))
+    return folder
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(PAGES[name]), default_timeout=TIMEOUT)
+
+
+def values(widgets) -> dict:
+    return {w.key: w.value for w in widgets}
+
+
+def button(at: AppTest, label: str):
+    found = [b for b in at.button if b.label == label]
+    assert found, f"no button {label!r}: {[b.label for b in at.button]}"
+    return found[0]
+
+
+def named_traces(spec: dict) -> list[dict]:
+    """The run traces of a metric chart (random-noise baselines are hidden from the legend)."""
+    return [t for t in spec["data"] if t.get("showlegend", True)]
+
+
+# ---------------------------------------------------------------------------------------------- Home
+def test_home_defaults_demo_starts_and_stop_keeps_delta(library_dir):
+    at = page("home").run()
+    assert not at.exception
+    start = at.button(key="demo_start")
+    assert start.label == "Run the demo" and not start.disabled
+    assert at.button(key="demo_stop").disabled
+    assert any("Device in use" in m.value for m in at.markdown)
+    assert len(at.get("image")) >= 1, "the explainer picture"
+
+    start.click().run()
+    assert not at.exception and not at.error
+    deadline = time.monotonic() + 90
+    while not any("step 1/" in line or "step 2/" in line for line in status_lines(at)):
+        assert time.monotonic() < deadline, status_lines(at)
+        time.sleep(0.5)
+        at.run()
+    assert not at.button(key="demo_stop").disabled
+    at.button(key="demo_stop").click().run()
+    lines = wait_for_runs(at, timeout=60)
+    assert "stopped]" in lines[0] or "finished]" in lines[0]
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert "Held-out fooling ratio" in metrics and metrics["Held-out fooling ratio"].endswith("%")
+    held_out = figure_titled(at, "Held-out fooling ratio")
+    assert len(named_traces(held_out)[0]["x"]) >= 1
+    histogram = figure_titled(at, "Top label of the perturbed")
+    assert histogram["data"][0]["type"] == "bar" and sum(histogram["data"][0]["x"]) > 0
+    assert len(at.get("image")) >= 3, "δ and the clean / perturbed pictures"
+
+
+# ---------------------------------------------------------------------------------------------- Generate
+def test_generate_defaults(library_dir):
+    at = page("generate").run()
+    assert not at.exception
+    selects = values(at.selectbox)
+    assert selects["gen_model"] == "efficientnet_lite0"
+    assert selects["gen_algorithm"] == "sga"
+    assert selects["gen_device"] == "auto"
+    assert selects["gen_target_efficientnet_lite0"] is None
+    assert selects["gen_sga_loss"] == "ce"
+    numbers = values(at.number_input)
+    assert numbers["gen_eps_linf"] == 10.0
+    assert numbers["gen_seed"] == 0
+    assert numbers["gen_sga_batch_size"] == 250 and numbers["gen_sga_minibatch_size"] == 10
+    assert numbers["gen_sga_inner_passes"] == 4 and numbers["gen_sga_beta"] == 9.0
+    assert numbers["gen_sga_step_size_10"] == 1.0, "step size default 0.1·eps shown as n/255"
+    assert numbers["gen_epochs_sga"] == 20
+    radios = values(at.radio)
+    assert radios["gen_images_kind"] == "samples" and radios["gen_norm"] == "linf"
+    assert not at.button(key="gen_start").disabled and at.button(key="gen_stop").disabled
+    assert at.info, "the empty live panel explains what to do"
+
+
+def test_generate_unavailable_model_shows_error(library_dir):
+    at = page("generate").run()
+    at.selectbox(key="gen_model").set_value("alexnet").run()
+    assert not at.exception
+    assert any("not available offline" in e.value for e in at.error)
+    assert at.button(key="gen_start").disabled
+
+
+def test_generate_bad_folder_shows_error(library_dir, tmp_path):
+    at = page("generate").run()
+    at.radio(key="gen_images_kind").set_value("folder").run()
+    at.text_input(key="gen_folder").set_value(str(tmp_path / "nowhere")).run()
+    at.button(key="gen_start").click().run()
+    assert not at.exception
+    assert any("no such file or folder" in e.value for e in at.error)
+    assert not status_lines(at)
+
+
+def test_generate_upload_that_is_not_an_image_shows_error(library_dir):
+    at = page("generate").run()
+    at.radio(key="gen_images_kind").set_value("upload").run()
+    at.file_uploader(key="gen_uploads").set_value([("notes.txt", b"not an image", "text/plain"),
+                                                   ("fake.jpg", b"\xff\xd8 broken", "image/jpeg")]).run()
+    at.button(key="gen_start").click().run()
+    assert not at.exception
+    assert any("no decodable images" in e.value for e in at.error)
+    assert not status_lines(at)
+
+
+def _tiny_settings(at: AppTest) -> None:
+    at.number_input(key="gen_input_size").set_value(64)
+    at.number_input(key="gen_epochs_sga").set_value(1)
+    at.number_input(key="gen_sga_batch_size").set_value(5)
+    at.number_input(key="gen_sga_minibatch_size").set_value(5)
+    at.number_input(key="gen_sga_inner_passes").set_value(1)
+    at.run()
+
+
+def test_generate_tiny_run_race_charts_and_save(library_dir):
+    at = page("generate").run()
+    _tiny_settings(at)
+    at.button(key="gen_start").click().run()
+    assert not at.exception and not at.error
+    lines = wait_for_runs(at)
+    assert "finished]" in lines[0] and "SGA" in lines[0]
+    assert not at.exception
+
+    held_out = figure_titled(at, "Held-out fooling ratio")
+    trace = named_traces(held_out)[0]
+    assert trace["type"] == "scatter" and len(trace["x"]) >= 1
+    assert all(0.0 <= y <= 1.0 for y in trace["y"] if y is not None)
+    for title in ("Batch fooling ratio", "Gradient-cosine", "Quantisation error", "Loss", "Sign operations"):
+        assert len(named_traces(figure_titled(at, title))[0]["x"]) == 3, title  # 13 fit images / B = 5
+    histogram = figure_titled(at, "Held-out labels under")
+    assert histogram["data"][0]["type"] == "bar" and sum(histogram["data"][0]["x"]) == 12
+    assert "of 12 images" in histogram["layout"]["title"]["text"], "share of the top label over the 12 held out"
+    assert len(at.get("image")) >= 1, "the current δ"
+
+    # race SGA against SGD-UAP: two more runs on the same axes
+    at.button(key="gen_race").click().run()
+    assert not at.exception and not at.error
+    lines = wait_for_runs(at)
+    assert len(lines) == 3 and all("finished]" in line for line in lines)
+    legend = [t["name"] for t in named_traces(figure_titled(at, "Held-out fooling ratio"))]
+    assert len(legend) == 3 and any("SGD-UAP" in n for n in legend) and sum("SGA" in n for n in legend) == 2
+
+    # save the newest result to the library
+    button(at, "Save to the library").click().run()
+    assert not at.exception
+    assert any("Saved as" in s.value for s in at.success)
+    from uap_core.library import UAPLibrary
+
+    entries = UAPLibrary(library_dir).list()
+    assert len(entries) == 1 and entries[0].metadata["algorithm"] in ("sga", "sgd_uap")
+    assert entries[0].shape == (3, 64, 64)
+
+    at.button(key="gen_clear").click().run()
+    assert not status_lines(at)
+
+
+# ---------------------------------------------------------------------------------------------- Inspect
+def test_inspect_saved_uap_grid_histogram_and_strength(library_dir):
+    save_test_uap(library_dir, "test-uap")
+    at = page("inspect").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="insp_uap").value == "test-uap"
+    assert at.slider(key="insp_strength").value == 1.0
+    assert [s for s in at.selectbox if s.key.startswith("insp_model_")][0].value == "efficientnet_lite0"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Fooled images"].endswith("/ 25")
+    assert len(at.get("image")) == 1 + 2 * 8, "δ and 8 clean / perturbed pairs"
+    histogram = figure_titled(at, "Top-1 labels under the perturbation")
+    assert histogram["data"][0]["type"] == "bar" and sum(histogram["data"][0]["x"]) == 25, "top labels + the rest"
+    assert "of 25 images" in histogram["layout"]["title"]["text"]
+    assert len(at.get("arrow_data_frame")) == 2 or len(at.dataframe) == 2
+    assert len(at.get("download_button")) == 3
+
+    at.slider(key="insp_strength").set_value(0.0).run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Fooling ratio"] == "0%"
+
+
+def test_inspect_rejects_bad_uploads(library_dir):
+    at = page("inspect").run()
+    assert not at.exception
+    assert at.info, "an empty library is explained"
+    at.radio(key="insp_source").set_value("upload").run()
+    at.file_uploader[0].set_value(("junk.npy", b"this is not an array", "application/octet-stream")).run()
+    assert not at.exception
+    assert any("cannot be used as a perturbation" in e.value for e in at.error)
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((4, 8, 8), dtype=np.float32))
+    at.file_uploader[0].set_value(("wrong_shape.npy", buffer.getvalue(), "application/octet-stream")).run()
+    assert not at.exception
+    assert any("cannot be used as a perturbation" in e.value for e in at.error)
+
+
+# ---------------------------------------------------------------------------------------------- Transfer
+def test_transfer_matrix_heatmap(library_dir):
+    save_test_uap(library_dir, "uap-224", size=224, seed=1)
+    save_test_uap(library_dir, "uap-64", size=64, seed=2)
+    at = page("transfer").run()
+    assert not at.exception
+    assert sorted(at.multiselect(key="tr_uaps").value) == ["uap-224", "uap-64"]
+    assert at.multiselect(key="tr_models").value == ["efficientnet_lite0", "efficientnet_lite1"]
+    at.multiselect(key="tr_models").set_value(["efficientnet_lite0", "alexnet"])
+    at.number_input(key="tr_limit").set_value(6)
+    at.run()
+    at.button(key="tr_compute").click().run()
+    assert not at.exception and not at.error
+    deadline = time.monotonic() + 90
+    while not [s for s in plotly_specs(at) if s["data"][0]["type"] == "heatmap"]:
+        assert time.monotonic() < deadline, "no heatmap in time"
+        time.sleep(0.5)
+        at.run()
+    heatmap = figure_titled(at, "Fooling ratio on 6 images")["data"][0]
+    assert heatmap["x"] == ["efficientnet_lite0", "alexnet"] and len(heatmap["y"]) == 2
+    assert all(0.0 <= row[0] <= 1.0 for row in heatmap["z"]) and all(row[1] is None for row in heatmap["z"])
+    assert any("alexnet" in w.value for w in at.warning)
+
+
+# ---------------------------------------------------------------------------------------------- Library
+def test_library_list_rename_delete_and_uploads(library_dir):
+    at = page("library").run()
+    assert not at.exception and at.info, "an empty library is explained"
+
+    save_test_uap(library_dir, "first")
+    at = page("library").run()
+    assert not at.exception
+    assert at.selectbox(key="lib_entry").value == "first"
+    assert figure_titled(at, "Held-out fooling ratio"), "the saved metric history"
+
+    at.text_input(key="lib_new_name").set_value("renamed")
+    button(at, "Rename").click().run()
+    assert not at.exception
+    assert any("Renamed first to renamed" in s.value for s in at.success)
+    from uap_core.library import UAPLibrary
+
+    assert [e.name for e in UAPLibrary(library_dir).list()] == ["renamed"]
+
+    at.file_uploader(key="lib_upload").set_value(("junk.pt", b"definitely not a tensor", "application/octet-stream"))
+    button(at, "Import").click().run()
+    assert not at.exception
+    assert any("Not imported" in e.value for e in at.error)
+
+    from uap_core.artifacts import uap_to_bytes
+
+    good = uap_to_bytes(torch.full((3, 32, 32), 4 / 255), {"model": "cifar_resnet20"})
+    at.file_uploader(key="lib_upload").set_value(("good.safetensors", good, "application/octet-stream"))
+    button(at, "Import").click().run()
+    assert not at.exception
+    assert sorted(e.name for e in UAPLibrary(library_dir).list()) == ["good", "renamed"]
+
+    at.selectbox(key="lib_entry").set_value("renamed").run()
+    at.checkbox(key="lib_delete_sure").check()
+    button(at, "Delete").click().run()
+    assert not at.exception
+    assert [e.name for e in UAPLibrary(library_dir).list()] == ["good"]
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+def test_closing_the_last_session_stops_its_jobs_after_the_grace_period():
+    from uap_core.run import Run, RunConfig
+    from uap_ui import jobs
+
+    run = Run(RunConfig(model="efficientnet_lite0", algorithm="sgd_uap", images="samples", input_size=32,
+                        epochs=10_000, device="cpu", params={"batch_size": 2}))
+    job = jobs.Job(run).start()
+    workspace = jobs.attach("grace-test-token", "session-1")
+    workspace.add_run(job)
+    jobs.attach("grace-test-token", "session-2")
+    jobs.detach("grace-test-token", "session-1", grace=0.05)
+    time.sleep(0.3)
+    assert job.active, "another session still shows the workspace"
+    jobs.detach("grace-test-token", "session-2", grace=0.05)
+    assert job.join(timeout=60), "the job ended after the grace period"
+    snap = job.snapshot()
+    assert snap.state == jobs.STOPPED and snap.result is not None and snap.result.reason == "stopped"
+    assert job.run is None, "a finished job lets go of its run (and the images on the device)"

@@ -1,0 +1,73 @@
+"""Shared helpers of the UI tests (AppTest and the browser test): paths, a saved test UAP, waiting for runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # pages import uap_ui / uap_core from the repository root
+    sys.path.insert(0, str(ROOT))
+
+PAGES = {"home": ROOT / "app.py", "generate": ROOT / "pages" / "1_Generate.py",
+         "inspect": ROOT / "pages" / "2_Inspect.py", "transfer": ROOT / "pages" / "3_Transfer.py",
+         "library": ROOT / "pages" / "4_Library.py"}
+
+
+def save_test_uap(library_dir: Path, name: str = "test-uap", size: int = 224, eps: float = 10 / 255,
+                  seed: int = 0) -> Path:
+    """A random ±eps sign pattern saved in a library folder, with metadata and a short metric history."""
+    from uap_core.library import UAPLibrary
+
+    generator = torch.Generator().manual_seed(seed)
+    delta = (torch.randint(0, 2, (3, size, size), generator=generator).float() * 2 - 1) * eps
+    history = [{"kind": "start", "step": 0, "epoch": 0, "elapsed": 0.0, "random_fooling_ratio": 0.1}]
+    for step in range(1, 6):
+        history.append({"kind": "step", "step": step, "epoch": 1, "elapsed": step * 0.1, "loss": 1.0 / step,
+                        "batch_fooling_ratio": 0.1 * step, "grad_cosine": 0.5, "quantisation_error": 0.2,
+                        "sign_ops": step})
+        history.append({"kind": "eval", "step": step, "epoch": 1, "elapsed": step * 0.1,
+                        "fooling_ratio": 0.1 * step})
+    metadata = {"model": "efficientnet_lite0", "algorithm": "sga", "eps": eps, "norm": "linf", "seed": seed,
+                "summary": {"fooling_ratio": 0.5, "random_fooling_ratio": 0.1}, "history": history}
+    entry = UAPLibrary(library_dir).save(name, delta, metadata, overwrite=True)
+    return entry.path
+
+
+def plotly_specs(at) -> list[dict[str, Any]]:
+    """The Plotly figures of an AppTest run, as dicts."""
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def figure_titled(at, fragment: str) -> dict[str, Any]:
+    """The first Plotly figure whose title contains ``fragment``."""
+    for spec in plotly_specs(at):
+        title = spec.get("layout", {}).get("title", {})
+        text = title.get("text", "") if isinstance(title, dict) else str(title)
+        if fragment.lower() in text.lower():
+            return spec
+    raise AssertionError(f"no chart titled like {fragment!r}; titles: "
+                         f"{[s.get('layout', {}).get('title') for s in plotly_specs(at)]}")
+
+
+def status_lines(at) -> list[str]:
+    """The run status lines (they carry a state badge)."""
+    return [m.value for m in at.markdown if "-badge[" in m.value]
+
+
+def wait_for_runs(at, timeout: float = 120.0, poll: float = 0.5) -> list[str]:
+    """Rerun the AppTest until no run is running or queued (run_every never fires under AppTest)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        at.run()
+        lines = status_lines(at)
+        if lines and not any("running]" in line or "queued" in line for line in lines):
+            return lines
+        if time.monotonic() > deadline:
+            raise AssertionError(f"runs did not finish within {timeout} s: {lines}")
+        time.sleep(poll)
