@@ -16,8 +16,8 @@ CASES = {
     "sga": dict(epochs=4, params={"batch_size": 10, "minibatch_size": 10, "inner_passes": 4}, ratio=2.0),
     # SGD-UAP: 16 epochs of B 10 → 160 sign steps (1,600 image-gradients)
     "sgd_uap": dict(epochs=16, params={"batch_size": 10}, ratio=1.5),
-    # UAP: one pass of DeepFool accumulation at 128 px
-    "uap": dict(epochs=1, params={"images_per_step": 10}, ratio=1.3, input_size=128),
+    # UAP: two passes of DeepFool accumulation
+    "uap": dict(epochs=2, params={"images_per_step": 10}, ratio=1.3),
 }
 
 
