@@ -12,6 +12,8 @@ import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 from uap_core.artifacts import UAPArtifact, load_uap_bytes, perturbation_png
 from uap_core.errors import UAPError
 from uap_core.models import model_names
+from uap_core.report import PerturbationReport
+from uap_core.transfer import evaluate_uap
 from uap_ui import analysis, cache, widgets
 from uap_ui.session import setup_page
 
@@ -22,9 +24,9 @@ st.caption("Clean vs perturbed predictions, the labels the perturbation pushes i
 
 
 @st.cache_resource(max_entries=16, show_spinner="Classifying the images with the perturbation…")
-def _analysis(uap_key: str, image_key: str, model_name: str, device: str, scale: float, _model, _images, _delta,
-              _clean_logits) -> analysis.Analysis:
-    return analysis.analyse(_model, _images, _delta, scale=scale, clean_logits=_clean_logits)
+def _analysis(uap_key: str, image_key: str, model_name: str, device: str, scale: float, _model, _images, _artifact,
+              _clean_logits) -> PerturbationReport:
+    return evaluate_uap(_artifact, _model, _images, scale=scale, clean_logits=_clean_logits)
 
 
 def pick_uap() -> tuple[str, UAPArtifact] | None:
@@ -106,16 +108,16 @@ widgets.show_skipped(images)
 image_key = widgets.image_key(choice, status.spec.name, None, int(limit))
 device = str(model.device)
 clean = cache.clean_logits(status.spec.name, device, image_key, model, images.pixels)
-result = _analysis(uap_key, image_key, status.spec.name, device, float(strength), model, images, artifact.delta,
+result = _analysis(uap_key, image_key, status.spec.name, device, float(strength), model, images, artifact,
                    clean)
 
 # ---------------------------------------------------------------------------------------------- numbers
 cols = st.columns(5)
 cols[0].metric("Fooling ratio", widgets.percent(result.fooling_ratio),
                help=f"share of the {result.count} images whose top-1 label changes")
-cols[1].metric("Random noise, same max |δ|", widgets.percent(result.random_fooling_ratio))
+cols[1].metric("Random noise, same norm", widgets.percent(result.random_fooling_ratio))
 cols[2].metric("Fooled images", f"{result.fooled_count} / {result.count}")
-dominant = result.histogram.dominant
+dominant = result.evaluation.histogram.dominant
 cols[3].metric("Dominant label", dominant.name if dominant else "—",
                help=f"{dominant.share:.0%} of the perturbed images" if dominant else None)
 cols[4].metric("max |δ| at this strength", f"{float(result.delta.abs().max()) * 255:.1f}/255")
@@ -142,7 +144,7 @@ with left:
 with right:
     over = st.radio("Histogram over", ["all", "fooled"], horizontal=True, key="insp_hist_over",
                     format_func={"all": "all perturbed images", "fooled": "fooled images only"}.get)
-    histogram = result.histogram if over == "all" else result.histogram_fooled
+    histogram = result.evaluation.histogram if over == "all" else result.evaluation.histogram_fooled
     suffix = " (fooled only)" if over == "fooled" else ""
     widgets.histogram_chart(histogram.as_dict(15), key="insp_hist", title=f"Top-1 labels under the perturbation{suffix}")
 

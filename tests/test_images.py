@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -19,7 +18,7 @@ from uap_core.errors import ImageSourceError, ParameterError
 from uap_core.images import (ImageSet, SkippedImage, decode_image, imagenet_wnids, load_folder, load_images,
                              load_npz, load_samples, load_uploads)
 
-from conftest import REPO, shared_path
+from conftest import shared_path
 
 
 def shared_file(rel: str) -> Path:

@@ -7,7 +7,6 @@ Thin over run.py, artifacts.py and transfer.py. Errors print one line on stderr 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys

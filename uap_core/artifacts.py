@@ -201,9 +201,12 @@ def _check_budget(delta: torch.Tensor, eps: float, norm: str, source: str, resiz
     raise ArtifactError(f"{source}: the perturbation exceeds its budget: {detail}{note}")
 
 
-def _resample(delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resample of a (3, H, W) tensor to (3, h, w); antialiased when shrinking."""
+def resample_delta(delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """δ (3, H, W) resampled to ``size`` = (h, w): bilinear, antialiased when shrinking (never raises the L∞
+    norm). Returned as is when it already has that size."""
     h, w = size
+    if tuple(delta.shape[1:]) == (h, w):
+        return delta
     shrinking = h < delta.shape[1] or w < delta.shape[2]
     out = F.interpolate(delta[None], size=(h, w), mode="bilinear", align_corners=False, antialias=shrinking)
     return out[0].contiguous()
@@ -633,7 +636,7 @@ def _finish(
                 "pass resize=True (UI: 'resize to fit') to resample it"
             )
         metadata["resized_from"] = [int(delta.shape[1]), int(delta.shape[2])]
-        delta = _resample(delta, expected_size)
+        delta = resample_delta(delta, expected_size)
         resized = True
     if eps is not None:
         _check_budget(delta, eps, norm, source, resized)

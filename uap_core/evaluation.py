@@ -97,17 +97,22 @@ def evaluate(model: Classifier, pixels: torch.Tensor, delta: torch.Tensor | None
     """
     if clean_labels is None:
         clean_labels = predict_labels(model, pixels, None, precision, batch_size)
-    clean_labels = clean_labels.cpu()
-    perturbed = predict_labels(model, pixels, delta, precision, batch_size).cpu()
-    names = model.spec.class_names
+    perturbed = predict_labels(model, pixels, delta, precision, batch_size)
+    return summarise(clean_labels, perturbed, labels, model.spec.class_names, target)
+
+
+def summarise(clean_labels: torch.Tensor, perturbed_labels: torch.Tensor, labels: torch.Tensor | None,
+              class_names: tuple[str, ...] | list[str], target: int | None = None) -> Evaluation:
+    """The :class:`Evaluation` of already-predicted top-1 labels (N,) clean and perturbed; labels as above."""
+    clean_labels, perturbed = clean_labels.cpu(), perturbed_labels.cpu()
     truth = labels.cpu() if labels is not None else torch.full_like(clean_labels, -1)
     return Evaluation(
-        count=len(pixels),
+        count=len(clean_labels),
         fooling_ratio=metrics.fooling_ratio(clean_labels, perturbed),
         clean_accuracy=metrics.accuracy(clean_labels, truth),
         attacked_accuracy=metrics.accuracy(perturbed, truth),
         target_success=(perturbed == target).float().mean().item() if target is not None else None,
-        histogram=metrics.dominant_labels(perturbed, names),
-        histogram_fooled=metrics.dominant_labels(perturbed, names, clean_labels),
+        histogram=metrics.dominant_labels(perturbed, class_names),
+        histogram_fooled=metrics.dominant_labels(perturbed, class_names, clean_labels),
         clean_labels=clean_labels, perturbed_labels=perturbed,
     )

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-from . import metrics
-from .artifacts import UAPArtifact
-from .evaluation import Evaluation, evaluate
+from .artifacts import UAPArtifact, resample_delta
+from .evaluation import evaluate
 from .images import ImageSet, load_images
 from .models import Classifier, load_model, resolve_device
+from .report import PerturbationReport, perturbation_report
 from .run import choose_precision
 
 
@@ -26,42 +26,16 @@ def images_for(model: Classifier, source: str, limit: int | None = None, input_s
                        limit=limit)
 
 
-def fit_to(delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """δ (3, H, W) resampled to ``size`` = (h, w) if it differs (bilinear, antialiased when shrinking)."""
-    if tuple(delta.shape[1:]) == tuple(size):
-        return delta
-    shrinking = size[0] < delta.shape[1]
-    return torch.nn.functional.interpolate(delta[None], size=size, mode="bilinear", align_corners=False,
-                                           antialias=shrinking)[0]
-
-
-@dataclass
-class UAPEvaluation:
-    evaluation: Evaluation
-    random_fooling_ratio: float
-    resized_from: tuple[int, int] | None
-
-    def as_dict(self) -> dict:
-        return {**self.evaluation.as_dict(), "random_fooling_ratio": self.random_fooling_ratio,
-                "resized_from": list(self.resized_from) if self.resized_from else None}
-
-
 def evaluate_uap(artifact: UAPArtifact, model: Classifier, images: ImageSet, precision: str = "auto",
-                 seed: int = 0, scale: float = 1.0) -> UAPEvaluation:
-    """Fooling ratio, accuracies and dominant labels of ``scale`` · δ on ``images``, with the random baseline
-    (noise of the same L∞ norm as δ, i.e. uniform signs ±max|δ|)."""
-    device = model.device
-    precision = choose_precision(precision, device)
-    size = tuple(images.pixels.shape[2:])
-    original = tuple(artifact.delta.shape[1:])
-    delta = fit_to(artifact.delta, size).to(device) * scale
-    pixels = images.pixels.to(device)
-    result = evaluate(model, pixels, delta, images.labels, precision=precision,
-                      target=artifact.metadata.get("target") if isinstance(artifact.metadata, dict) else None)
-    generator = torch.Generator().manual_seed(seed)
-    noise = metrics.random_perturbation(delta.shape, max(delta.abs().max().item(), 1e-12), "linf", generator, device)
-    random_result = evaluate(model, pixels, noise, clean_labels=result.clean_labels.to(device), precision=precision)
-    return UAPEvaluation(result, random_result.fooling_ratio, original if original != size else None)
+                 seed: int = 0, scale: float = 1.0, clean_logits: torch.Tensor | None = None) -> PerturbationReport:
+    """Fooling ratio, accuracies, dominant labels and per-image predictions of ``scale`` · δ on ``images``,
+    with the random baseline of δ's own norm (from the artifact's metadata; L∞ when unknown).
+    clean_logits: (N, C) logits of the clean images if already computed."""
+    metadata = artifact.metadata if isinstance(artifact.metadata, dict) else {}
+    norm = metadata.get("norm") if metadata.get("norm") in ("linf", "l2") else "linf"
+    target = metadata.get("target") if isinstance(metadata.get("target"), int) else None
+    return perturbation_report(model, images, artifact.delta, scale=scale, norm=norm, target=target, seed=seed, clean_logits=clean_logits,
+                               precision=choose_precision(precision, model.device))
 
 
 @dataclass
@@ -114,6 +88,6 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
         chosen = choose_precision(precision, resolved)
         clean = evaluate(model, pixels, None, precision=chosen).perturbed_labels.to(resolved)
         for row, artifact in enumerate(uaps.values()):
-            delta = fit_to(artifact.delta, tuple(pixels.shape[2:])).to(resolved)
+            delta = resample_delta(artifact.delta, tuple(pixels.shape[2:])).to(resolved)
             values[row][column] = evaluate(model, pixels, delta, clean_labels=clean, precision=chosen).fooling_ratio
     return TransferMatrix(list(uaps), list(model_names), values, errors, count)

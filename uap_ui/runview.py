@@ -165,14 +165,14 @@ def show_notices() -> None:
 
 
 @st.cache_resource(max_entries=16, show_spinner="Classifying the held-out images with and without δ…")
-def _job_analysis(job_id: int, _model, _images, _delta):
-    from .analysis import analyse
+def _job_analysis(job_id: int, _model, _images, _delta, norm: str):
+    from uap_core.report import perturbation_report
 
-    return analyse(_model, _images, _delta)
+    return perturbation_report(_model, _images, _delta, norm=norm)
 
 
 def job_analysis(job, snap: JobSnapshot):
     """Per-image predictions of a finished job's kept δ on its held-out images (computed once per job)."""
     if snap.result is None or job.model is None or job.holdout is None:
         return None
-    return _job_analysis(job.id, job.model, job.holdout, snap.result.delta)
+    return _job_analysis(job.id, job.model, job.holdout, snap.result.delta, snap.result.config.norm)

@@ -19,9 +19,10 @@ from uap_core.errors import UAPError
 from uap_core.images import IMAGE_EXTENSIONS, ImageSet
 from uap_core.models import ModelStatus, get_spec, load_model
 from uap_core.params import describe
+from uap_core.report import PerturbationReport, perturbed_pixels
 
 from . import cache, charts
-from .analysis import Analysis, perturbed_pixels, to_pil
+from .analysis import to_pil
 
 STATE_LABELS = {"available": "available offline", "needs download": "needs a one-time download",
                 "needs package": "needs a pip package", "needs weights file": "needs its weights file"}
@@ -251,10 +252,10 @@ def _caption(label: str, confidence: float) -> str:
     return f"{label} ({confidence:.0%})"
 
 
-def prediction_grid(images: ImageSet, analysis: Analysis, count: int = 8, fooled_first: bool = True,
+def prediction_grid(images: ImageSet, report: PerturbationReport, count: int = 8, fooled_first: bool = True,
                     columns: int = 4, only_fooled: bool = False) -> None:
     """Pairs of clean / perturbed pictures with top-1 label and confidence before and after; fooled ones marked."""
-    rows = list(analysis.predictions)
+    rows = list(report.predictions)
     if only_fooled:
         rows = [p for p in rows if p.fooled]
     if fooled_first:
@@ -265,7 +266,7 @@ def prediction_grid(images: ImageSet, analysis: Analysis, count: int = 8, fooled
         return
     indices = torch.tensor([p.index for p in rows])
     clean = images.pixels[indices]
-    perturbed = perturbed_pixels(clean, analysis.delta)
+    perturbed = perturbed_pixels(clean, report.delta)
     grid = st.columns(columns)
     for slot, (p, a, b) in enumerate(zip(rows, clean, perturbed)):
         with grid[slot % columns]:

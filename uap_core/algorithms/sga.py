@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import metrics
 from ..params import param
 from .base import UAPAlgorithm
 

@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from uap_core.artifacts import perturbation_png  # noqa: E402
 from uap_core.run import Run, RunConfig  # noqa: E402
-from uap_ui.analysis import analyse, perturbed_pixels, to_pil  # noqa: E402
+from uap_core.report import perturbation_report, perturbed_pixels  # noqa: E402
+from uap_ui.analysis import to_pil  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "explainer.png"
 SIDE = 224
@@ -40,7 +41,7 @@ def main() -> None:
     run = Run(config)
     result = run.run_to_end(lambda e: print(e.kind, e.step, e.data.get("fooling_ratio", ""), flush=True))
     images = run.images
-    report = analyse(run.model, images, result.delta)
+    report = perturbation_report(run.model, images, result.delta)
     print("fooling ratio on all samples:", report.fooling_ratio)
     candidates = [p for p in report.predictions if p.fooled and p.name.startswith("foolbox/")]
     best = max(candidates or report.predictions, key=lambda p: p.clean_confidence)

@@ -1,0 +1,117 @@
+"""A perturbation on a set of images, image by image: what the model said before and after, how sure it was,
+which images were fooled — with the summary measures of :mod:`uap_core.evaluation` and the random baseline.
+
+This is what the CLI's ``evaluate``, the Inspect page and the Home demo's gallery show. Forward-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import metrics
+from .artifacts import resample_delta
+from .evaluation import Evaluation, predict_labels, predict_logits, summarise
+from .images import ImageSet
+from .models import Classifier
+
+
+@dataclass
+class ImagePrediction:
+    """One image, clean and perturbed. Labels are class indices; confidences are softmax probabilities."""
+
+    index: int
+    name: str
+    clean_label: int
+    clean_name: str
+    clean_confidence: float
+    perturbed_label: int
+    perturbed_name: str
+    perturbed_confidence: float
+    true_label: int  # -1 where unknown
+
+    @property
+    def fooled(self) -> bool:
+        return self.clean_label != self.perturbed_label
+
+
+@dataclass
+class PerturbationReport:
+    """``scale`` · δ on a set of images.
+
+    evaluation: fooling ratio, accuracies, dominant-label histograms (see :class:`Evaluation`).
+    random_fooling_ratio: the same images under random noise of δ's norm (L∞: uniform signs ±max|δ|;
+        L2: a random direction of length ‖δ‖₂), drawn from ``seed``.
+    delta: (3, H, W) float CPU, the scaled δ at the images' size. resized_from: δ's own (H, W) if resampled.
+    """
+
+    scale: float
+    evaluation: Evaluation
+    random_fooling_ratio: float
+    predictions: list[ImagePrediction]
+    delta: torch.Tensor
+    resized_from: tuple[int, int] | None
+
+    @property
+    def count(self) -> int:
+        return self.evaluation.count
+
+    @property
+    def fooling_ratio(self) -> float:
+        return self.evaluation.fooling_ratio
+
+    @property
+    def fooled_count(self) -> int:
+        return sum(p.fooled for p in self.predictions)
+
+    def as_dict(self, top: int = 20) -> dict:
+        return {**self.evaluation.as_dict(top), "random_fooling_ratio": self.random_fooling_ratio,
+                "scale": self.scale, "resized_from": list(self.resized_from) if self.resized_from else None}
+
+
+def perturbation_report(model: Classifier, images: ImageSet, delta: torch.Tensor, scale: float = 1.0,
+                        norm: str = "linf", target: int | None = None, clean_logits: torch.Tensor | None = None,
+                        seed: int = 0, precision: str = "fp32") -> PerturbationReport:
+    """Predict ``images`` clean and with clamp(x + scale·δ, 0, 1).
+
+    delta: (3, H, W) pixel units, resampled to the images' size when it differs (bilinear).
+    norm: the norm of the random baseline ("linf" or "l2"). clean_logits: (N, C) if already computed.
+    """
+    device = model.device
+    size = tuple(images.pixels.shape[2:])
+    original = tuple(delta.shape[1:])
+    scaled = resample_delta(delta.detach().float().cpu(), size) * float(scale)
+    pixels = images.pixels.to(device)
+    if clean_logits is None:
+        clean_logits = predict_logits(model, pixels, None, precision)
+    perturbed_logits = predict_logits(model, pixels, scaled.to(device), precision)
+    clean_confidence, clean_labels = clean_logits.float().softmax(1).max(1)
+    perturbed_confidence, perturbed_labels = perturbed_logits.float().softmax(1).max(1)
+    names = model.spec.class_names
+    truth = images.labels.cpu()
+    evaluation = summarise(clean_labels, perturbed_labels, truth, names, target)
+
+    size_of_delta = float(scaled.abs().max() if norm == "linf" else scaled.norm())
+    if size_of_delta > 0:
+        generator = torch.Generator().manual_seed(seed)
+        noise = metrics.random_perturbation(tuple(scaled.shape), size_of_delta, norm, generator, device)
+        random_labels = predict_labels(model, pixels, noise, precision)
+        random_fooling_ratio = metrics.fooling_ratio(clean_labels, random_labels)
+    else:
+        random_fooling_ratio = 0.0
+
+    predictions = [
+        ImagePrediction(i, images.names[i], int(cl), names[int(cl)], float(cc), int(pl), names[int(pl)], float(pc),
+                        int(truth[i]))
+        for i, (cl, cc, pl, pc) in enumerate(zip(clean_labels.tolist(), clean_confidence.tolist(),
+                                                 perturbed_labels.tolist(), perturbed_confidence.tolist()))
+    ]
+    return PerturbationReport(float(scale), evaluation, random_fooling_ratio, predictions, scaled,
+                              original if original != size else None)
+
+
+def perturbed_pixels(pixels: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) pictures of clamp(x + δ, 0, 1), for display and download (rounded to 1/255)."""
+    x = pixels.float().div(255) + delta.to(pixels.device)
+    return x.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
