@@ -42,7 +42,8 @@ with picture:
 config = demo_config("auto")
 st.subheader("Live demo")
 st.markdown(f"**{config.model}** (a real ImageNet model, weights offline) · **SGA** · eps **10/255** L∞ · the "
-            f"embedded sample photos (half to fit δ, half held out to measure it). About a minute on a laptop CPU.")
+            f"embedded sample photos: half to fit δ (on {config.augment} random crops of each), half held out to measure "
+            f"it. About a minute on a laptop CPU.")
 
 
 def stop_demo(ws: Workspace) -> None:

@@ -301,3 +301,25 @@ def test_split_and_subset():
     assert len(s.subset(range(4))) == 4
     f = s.as_float()
     assert f.dtype == torch.float32 and f.shape == s.pixels.shape and abs(float(f[29, 0, 0, 0]) - 29 / 255) < 1e-6
+
+
+def test_augmented_views_are_crops_of_their_image():
+    """A view of a picture whose left half is black and right half white: each view is a (possibly flipped)
+    crop, so it holds only black, white and the edge between them; seeded, labels and names carried over."""
+    pixels = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    pixels[:, :, :, 16:] = 255
+    pixels[1] = 255 - pixels[1]
+    images = ImageSet(pixels, torch.tensor([7, -1]), ["a.png", "b.png"], source="test")
+    views = images.augmented(5, seed=3)
+    assert views.pixels.shape == (10, 3, 32, 32) and views.pixels.dtype == torch.uint8
+    assert views.labels.tolist() == [7] * 5 + [-1] * 5
+    assert views.names[:2] == ["a.png#0", "a.png#1"] and "augmented" in views.source
+    assert torch.equal(views.pixels, images.augmented(5, seed=3).pixels)
+    assert not torch.equal(views.pixels, images.augmented(5, seed=4).pixels)
+    for view in views.pixels:
+        columns = view[0].float().mean(0)  # each column stays constant top to bottom: no vertical mixing
+        assert torch.equal(view[0], view[0][:1].expand(32, -1))
+        assert columns.min() <= 1 or columns.max() >= 254  # some of the picture's own black or white
+    assert any(not torch.equal(v, pixels[0]) for v in views.pixels[:5])  # not all the same crop
+    with pytest.raises(ParameterError, match="augment views = 0 is out of range"):
+        images.augmented(0, seed=0)

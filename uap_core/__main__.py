@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--images", default="samples", help="'samples', a folder, a .npz or an image file")
     generate.add_argument("--fit", default=None, help="images to fit δ on (default: half)")
     generate.add_argument("--holdout", default=None, help="held-out images to measure on (default: the rest)")
+    generate.add_argument("--augment", default=0, help="fit on this many random crop/flip views of each fit image "
+                                                       "(default 0: off; for a few dozen images)")
     generate.add_argument("--seed", default=0)
     generate.add_argument("--device", default="auto", help="cpu, cuda or auto")
     generate.add_argument("--epochs", default=None, help="passes over the fit set (default: the algorithm's)")
@@ -132,7 +134,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                        target=args.target, images=args.images, fit=args.fit, holdout=args.holdout, seed=args.seed,
                        device=args.device, epochs=args.epochs, params=params, eval_every=args.eval_every,
                        precision=args.precision, input_size=args.input_size, weights=args.weights,
-                       max_seconds=args.max_seconds)
+                       max_seconds=args.max_seconds, augment=args.augment)
     run = Run(config)
     bar = None
     interactive = sys.stderr.isatty() and not args.json

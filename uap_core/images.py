@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import math
 import os
 import re
 import threading
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 
@@ -78,6 +80,38 @@ class ImageSet:
                 f"held-out >= 1 and fit + held-out <= {n} (the number of images loaded)")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
         return self.subset(perm[:fit]), self.subset(perm[fit:fit + holdout])
+
+    def augmented(self, views: int, seed: int, min_scale: float = 0.25) -> ImageSet:
+        """``views`` random views of every image: a random crop (area share in [min_scale, 1], aspect ratio in
+        [3/4, 4/3], as in Inception-style training) resized back to (H, W), flipped left-right half the time.
+
+        For a small fit set (the embedded samples): a perturbation fitted to many views of few photos relies
+        less on where things sit in those exact frames. Deterministic for a seed; labels carry over; names get
+        ``#view``. Held-out images are never augmented.
+        """
+        if views < 1:
+            raise ParameterError(f"augment views = {views} is out of range; allowed [1, 64]")
+        generator = torch.Generator().manual_seed(int(seed))
+        height, width = self.pixels.shape[2:]
+        pictures, labels, names = [], [], []
+        for image, label, name in zip(self.pixels, self.labels.tolist(), self.names):
+            for view in range(views):
+                area = height * width * float(torch.empty(1).uniform_(min_scale, 1.0, generator=generator))
+                ratio = math.exp(float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)))
+                h = min(height, max(8, round(math.sqrt(area / ratio))))
+                w = min(width, max(8, round(math.sqrt(area * ratio))))
+                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+                crop = image[None, :, top:top + h, left:left + w].float()
+                view_pixels = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False,
+                                            antialias=True)[0]
+                if bool(torch.rand(1, generator=generator) < 0.5):
+                    view_pixels = view_pixels.flip(-1)
+                pictures.append(view_pixels.round().clamp(0, 255).to(torch.uint8))
+                labels.append(label)
+                names.append(f"{name}#{view}")
+        return ImageSet(torch.stack(pictures), torch.tensor(labels, dtype=torch.long), names,
+                        source=f"{self.source} ({views} augmented views each)")
 
     def as_float(self, device=None) -> torch.Tensor:
         """``pixels / 255`` as float32 (N, 3, H, W) in [0, 1], on ``device`` (default CPU)."""

@@ -42,6 +42,8 @@ class RunConfig:
     fit / holdout: image counts (None: half of the images each / all the rest). epochs: passes over the fit set
     (None: the algorithm's default). eval_every: steps between held-out evaluations (None: about 20 per run).
     params: the algorithm's own hyperparameters (see its Params class; missing ones take the paper defaults).
+    augment: fit on this many random views (crop + flip) of every fit image instead of the images themselves
+    (0: off); for tiny fit sets such as the embedded samples. The held-out images are never augmented.
     """
 
     model: str = "efficientnet_lite0"
@@ -61,6 +63,7 @@ class RunConfig:
     input_size: int | None = None
     weights: str | None = None
     max_seconds: float | None = None
+    augment: int = 0
 
     def validated(self) -> "RunConfig":
         """A copy with eps parsed and every field checked; ParameterError names the allowed range."""
@@ -88,6 +91,11 @@ class RunConfig:
                     raise ParameterError(f"{name} must be a whole number, got {value!r}")
                 check_range(name, number, 16 if name == "input_size" else 1, 100_000_000)
                 setattr(cfg, name, int(number))
+        cfg.augment = parse_number(cfg.augment, "augment")
+        check_range("augment", cfg.augment, 0, 64)
+        if cfg.augment != int(cfg.augment):
+            raise ParameterError(f"augment must be a whole number, got {self.augment!r}")
+        cfg.augment = int(cfg.augment)
         cfg.seed = int(parse_number(cfg.seed, "seed"))
         check_range("seed", cfg.seed, 0, 2**63 - 1)
         if cfg.max_seconds is not None:
@@ -180,6 +188,16 @@ def choose_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
+def prepare_model(model: Classifier, device: torch.device) -> Classifier:
+    """Put a (frozen) model where the attack runs: on CUDA in channels_last with cuDNN autotuning on (the images
+    are fed channels_last too); on the CPU as it is."""
+    model = model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 class Run:
     """One UAP generation. Iterate :meth:`events` (or call :meth:`run_to_end`); :meth:`stop` from any thread."""
 
@@ -210,12 +228,7 @@ class Run:
     def _prepare(self) -> None:
         cfg = self.config
         device = resolve_device(cfg.device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        model = self._model or load_model(cfg.model, device, weights=cfg.weights)
-        self.model = model.to(device)
-        if device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+        self.model = prepare_model(self._model or load_model(cfg.model, device, weights=cfg.weights), device)
         self.device = device
         self.precision = choose_precision(cfg.precision, device)
         spec = self.model.spec
@@ -230,6 +243,8 @@ class Run:
         if len(images) < 2:
             raise ParameterError(f"need at least 2 images (1 to fit, 1 held out); the source has {len(images)}")
         self.fit_set, self.holdout_set = images.split(fit, holdout, cfg.seed)
+        if cfg.augment:
+            self.fit_set = self.fit_set.augmented(cfg.augment, cfg.seed)
         self.images = images
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.fit_pixels = self.fit_set.pixels.to(device)

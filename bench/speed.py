@@ -1,0 +1,261 @@
+"""How fast is the attack core, next to the floor and to the usual way of writing it — measured side by side.
+
+For each model and each part:
+
+  sga_inner   SGA's inner step (mini-batch m, default 10): the core's ``SGA.step`` on an outer batch, counted in
+              image-gradients per second (K·B/m inner steps of m images each, plus the one outer update);
+  sgd_step    SGD-UAP's step on a batch of B images (default 250): the core's ``SGDUAP.step``;
+  evaluation  forward-only prediction of clamp(x + δ) on many images: the core's ``predict_labels``.
+
+Three columns per part, images per second, all measured in this one process on the same device:
+
+  core      uap_core as the app and the CLI run it (frozen weights; on CUDA channels_last, cuDNN autotuning,
+            bf16/fp16 autocast; uint8 images and batch indices on the device; one sync per step);
+  floor     the least any UAP method must do: forward + input-gradient backward (or forward only for
+            evaluation) on an already prepared input of the same batch size and precision, eager;
+  baseline  "the usual way": fp32, weights still requiring grad, NCHW, the batch indexed on the host from
+            float images and copied to the device every step, loss read back with .item() every step.
+
+and the ratios core/floor and core/baseline. Last, the predicted wall time of the published SGA run (VGG16,
+10,000 images, 20 epochs, K = 4: 800,000 image-gradients at mini-batch 10) at the measured sga_inner speed.
+
+Weights are random (speed does not depend on them; nothing is downloaded). Run from the repository root:
+
+    python bench/speed.py                                  # VGG16, ResNet50, EfficientNet-Lite0 on cuda if present
+    python bench/speed.py --device cpu --models efficientnet_lite0 --seconds 5
+    python bench/speed.py --models vgg16 mobilenet_v2 --sgd-batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from uap_core.algorithms import get_algorithm  # noqa: E402
+from uap_core.algorithms.base import AttackSetup  # noqa: E402
+from uap_core.evaluation import autocast, predict_labels  # noqa: E402
+from uap_core.models import load_model, model_names, resolve_device  # noqa: E402
+from uap_core.params import parse_params  # noqa: E402
+from uap_core.run import choose_precision, prepare_model  # noqa: E402
+
+PUBLISHED_SGA_IMAGE_GRADIENTS = 10_000 * 20 * 4  # images × epochs × K: every image is visited K times an epoch
+EPS = 10 / 255
+
+
+def measure(work: Callable[[], int], device: torch.device, seconds: float, warmup: int = 1) -> float:
+    """Images per second of ``work`` (which returns how many images it processed), after ``warmup`` calls,
+    over at least ``seconds`` and at least 2 calls."""
+    for _ in range(warmup):
+        work()
+    sync(device)
+    images, calls, start = 0, 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < seconds:
+        images += work()
+        calls += 1
+    sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------- the core
+def core_algorithm(name: str, model, pixels: torch.Tensor, params: dict, precision: str):
+    """The core's algorithm object on uint8 ``pixels`` already on the device (as Run builds it)."""
+    device = pixels.device
+    clean = predict_labels(model, pixels, None, precision)
+    setup = AttackSetup(model, pixels, clean, EPS, "linf", None, torch.Generator(device=device).manual_seed(0),
+                        precision)
+    algorithm_class = get_algorithm(name)
+    return algorithm_class(setup, parse_params(algorithm_class.Params, params))
+
+
+def core_sga(model, pixels, minibatch: int, outer_batch: int, precision: str) -> Callable[[], int]:
+    sga = core_algorithm("sga", model, pixels, {"batch_size": outer_batch, "minibatch_size": minibatch,
+                                                "inner_passes": 4}, precision)
+    batch = torch.arange(outer_batch, device=pixels.device)
+    return lambda: sga.step(batch)["image_gradients"]
+
+
+def core_sgd(model, pixels, batch_size: int, precision: str) -> Callable[[], int]:
+    sgd = core_algorithm("sgd_uap", model, pixels, {"batch_size": batch_size}, precision)
+    batch = torch.arange(batch_size, device=pixels.device)
+    return lambda: sgd.step(batch)["image_gradients"]
+
+
+def core_evaluation(model, pixels, precision: str, batch_size: int) -> Callable[[], int]:
+    delta = torch.zeros(pixels.shape[1:], device=pixels.device).uniform_(-EPS, EPS)
+
+    def work() -> int:
+        predict_labels(model, pixels, delta, precision, batch_size)
+        return len(pixels)
+    return work
+
+
+# ---------------------------------------------------------------------------------------------- the floor
+def floor_gradient(model, batch_size: int, size: int, precision: str) -> Callable[[], int]:
+    """Forward + input-gradient backward of a prepared float batch: the least work one step can do."""
+    device = model.device
+    x = torch.rand(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+
+    def work() -> int:
+        leaf = x.detach().requires_grad_(True)
+        with autocast(device, precision):
+            logits = model(leaf)
+        torch.autograd.grad(logits.float().sum(), leaf)
+        return batch_size
+    return work
+
+
+def floor_forward(model, batch_size: int, size: int, precision: str) -> Callable[[], int]:
+    device = model.device
+    x = torch.rand(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+
+    def work() -> int:
+        with torch.inference_mode(), autocast(device, precision):
+            model(x)
+        return batch_size
+    return work
+
+
+# ---------------------------------------------------------------------------------------------- the usual way
+def usual_way(model, pixels: torch.Tensor, batch_size: int, size: int) -> Callable[[], int]:
+    """fp32, weights requiring grad, NCHW; float images on the host, indexed and copied every step; .item()."""
+    device = model.device
+    network = copy.deepcopy(model).to(memory_format=torch.contiguous_format).requires_grad_(True)
+    host_images = pixels.cpu().float().div(255)
+    labels = torch.randint(0, model.spec.num_classes, (len(host_images),))
+    delta = torch.zeros(3, size, size, device=device)
+
+    def work() -> int:
+        nonlocal delta
+        index = torch.randint(0, len(host_images), (batch_size,))
+        x, y = host_images[index].to(device), labels[index].to(device)
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(network((x + delta).clamp(0, 1)), y)
+        loss.backward()
+        with torch.no_grad():
+            delta = (delta + EPS / 10 * delta.grad.sign()).clamp(-EPS, EPS)
+        network.zero_grad(set_to_none=True)
+        loss.item()
+        return batch_size
+    return work
+
+
+def usual_way_forward(model, pixels: torch.Tensor, batch_size: int) -> Callable[[], int]:
+    device = model.device
+    host_images = pixels.cpu().float().div(255)
+
+    def work() -> int:
+        with torch.no_grad():
+            for start in range(0, len(host_images), batch_size):
+                model(host_images[start:start + batch_size].to(device)).argmax(1).tolist()
+        return len(host_images)
+    return work
+
+
+# ---------------------------------------------------------------------------------------------- the table
+def bench_model(name: str, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    model = prepare_model(load_model(name, device, pretrained=False, download=False), device)
+    size = model.spec.input_size
+    precision = choose_precision(args.precision, device)
+    count = max(args.outer_batch, args.sgd_batch, args.eval_images)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator).to(device)
+    rows = []
+
+    def row(part: str, batch: int, core: Callable[[], int], floor: Callable[[], int],
+            baseline: Callable[[], int] | None) -> None:
+        measured = {"core": measure(core, device, args.seconds), "floor": measure(floor, device, args.seconds)}
+        measured["baseline"] = measure(baseline, device, args.seconds) if baseline else float("nan")
+        rows.append({"model": name, "part": part, "batch": batch, **measured})
+        print(format_row(rows[-1]), flush=True)
+
+    if "sga_inner" in args.parts:
+        row("sga_inner", args.minibatch, core_sga(model, pixels, args.minibatch, args.outer_batch, precision),
+            floor_gradient(model, args.minibatch, size, precision), usual_way(model, pixels, args.minibatch, size))
+    if "sgd_step" in args.parts:
+        row("sgd_step", args.sgd_batch, core_sgd(model, pixels, args.sgd_batch, precision),
+            floor_gradient(model, args.sgd_batch, size, precision), usual_way(model, pixels, args.sgd_batch, size))
+    if "evaluation" in args.parts:
+        evaluation_pixels = pixels[:args.eval_images]
+        row("evaluation", args.eval_batch, core_evaluation(model, evaluation_pixels, precision, args.eval_batch),
+            floor_forward(model, args.eval_batch, size, precision),
+            usual_way_forward(model, evaluation_pixels, args.eval_batch))
+    del model, pixels
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+HEADER = (f"{'model':<20} {'part':<11} {'batch':>5} {'core img/s':>11} {'floor img/s':>12} {'usual img/s':>12} "
+          f"{'core/floor':>10} {'core/usual':>10}")
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['model']:<20} {r['part']:<11} {r['batch']:>5} {r['core']:>11.1f} {r['floor']:>12.1f} "
+            f"{r['baseline']:>12.1f} {r['core'] / r['floor']:>10.2f} {r['core'] / r['baseline']:>10.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50", "efficientnet_lite0"],
+                        help=f"models of the registry (default: vgg16 resnet50 efficientnet_lite0); any of "
+                             f"{', '.join(model_names())}")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="the core's and the floor's precision (auto: bf16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--parts", nargs="+", default=["sga_inner", "sgd_step", "evaluation"],
+                        choices=["sga_inner", "sgd_step", "evaluation"])
+    parser.add_argument("--minibatch", type=int, default=10, help="SGA's inner mini-batch m (default 10)")
+    parser.add_argument("--outer-batch", type=int, default=None,
+                        help="SGA's outer batch B for the measured step (default 250 on CUDA, 10 on the CPU)")
+    parser.add_argument("--sgd-batch", type=int, default=None,
+                        help="SGD-UAP's batch (default 250 on CUDA, 16 on the CPU)")
+    parser.add_argument("--eval-batch", type=int, default=None, help="evaluation batch (default 128 on CUDA, 16 on the CPU)")
+    parser.add_argument("--eval-images", type=int, default=None, help="images per evaluation (default 1024 on CUDA, 32 on the CPU)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="measure each cell for at least this long (default 3 on CUDA, 4 on the CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    args.outer_batch = args.outer_batch or (250 if gpu else 10)
+    args.sgd_batch = args.sgd_batch or (250 if gpu else 16)
+    args.eval_batch = args.eval_batch or (128 if gpu else 16)
+    args.eval_images = args.eval_images or (1024 if gpu else 32)
+    args.seconds = args.seconds if args.seconds is not None else (3.0 if gpu else 4.0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; precision {choose_precision(args.precision, device)}; torch {torch.__version__}; "
+          f"random weights (speed does not depend on them)")
+    print(f"sga_inner: B {args.outer_batch}, m {args.minibatch}, K 4; sgd_step: B {args.sgd_batch}; "
+          f"evaluation: {args.eval_images} images in batches of {args.eval_batch}\n")
+    print(HEADER)
+    rows = []
+    for model_name in args.models:
+        rows += bench_model(model_name, device, args)
+    print()
+    for r in rows:
+        if r["part"] == "sga_inner":
+            minutes = PUBLISHED_SGA_IMAGE_GRADIENTS / r["core"] / 60
+            print(f"published SGA run (10k images, 20 epochs, K 4, m {r['batch']}) on {r['model']}: "
+                  f"{minutes:,.1f} min at {r['core']:.0f} image-gradients/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
