@@ -42,8 +42,9 @@ with picture:
 config = demo_config("auto")
 st.subheader("Live demo")
 st.markdown(f"**{config.model}** (a real ImageNet model, weights offline) · **SGA** · eps **10/255** L∞ · the "
-            f"embedded sample photos: half to fit δ (on {config.augment} random crops of each), half held out to measure "
-            f"it. About a minute on a laptop CPU.")
+            f"embedded sample photos: half of them to fit δ (on {config.augment} random crops of each), the other "
+            f"half held out to measure it (on {config.holdout_views} random crops of each). About a minute on a "
+            f"laptop CPU.")
 
 
 def stop_demo(ws: Workspace) -> None:
@@ -67,7 +68,7 @@ runview.show_notices()
 
 @st.fragment(run_every=runview.POLL_SECONDS if demo_running else None)
 def demo_view() -> None:
-    """Live while the demo runs (polled every half second); one full rerun when it ends."""
+    """Live while the demo runs (polled every second); one full rerun when it ends."""
     ws = current_workspace()
     job = ws.demo
     if job is None:

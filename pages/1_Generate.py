@@ -120,7 +120,7 @@ running_at_render = bool(workspace.running())
 
 @st.fragment(run_every=runview.POLL_SECONDS if running_at_render else None)
 def live_view() -> None:
-    """Redrawn every half second while a run is going; one full rerun when the last one ends."""
+    """Redrawn every second while a run is going; one full rerun when the last one ends."""
     ws = current_workspace()
     jobs = ws.runs_list()
     snapshots = [job.snapshot() for job in jobs]

@@ -85,3 +85,25 @@ def test_perturbed_pixels_are_the_rounded_clamped_sum(images):
     pictures = perturbed_pixels(images.pixels[:4], delta)
     expected = ((images.pixels[:4].float() / 255 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     assert pictures.dtype == torch.uint8 and torch.equal(pictures, expected)
+
+
+def test_report_of_a_runs_evaluation_matches_a_fresh_report(model, images):
+    """A finished run's held-out evaluation carries the top-1 probabilities, so the demo gallery's report needs no
+    forward pass; it must say what a fresh perturbation_report says, also over just the first images kept."""
+    from uap_core.report import report_from_evaluation
+    from uap_core.run import Run, RunConfig
+
+    run = Run(RunConfig(model="cifar_resnet20", algorithm="sgd_uap", eps=EPS, device="cpu", fit=100, holdout=100,
+                        epochs=1, keep="last", params={"batch_size": 50}), model=model, images=images)
+    result = run.run_to_end()
+    kept = run.holdout_set.subset(range(30))
+    from_run = report_from_evaluation(result.evaluation, kept, result.delta, result.random_evaluation.fooling_ratio,
+                                      model.spec.class_names)
+    fresh = perturbation_report(model, kept, result.delta)
+    assert from_run.count == 30 and from_run.fooling_ratio == fresh.fooling_ratio
+    for a, b in zip(from_run.predictions, fresh.predictions):
+        assert (a.clean_label, a.perturbed_label, a.name) == (b.clean_label, b.perturbed_label, b.name)
+        assert a.clean_confidence == pytest.approx(b.clean_confidence, abs=1e-5)
+        assert a.perturbed_confidence == pytest.approx(b.perturbed_confidence, abs=1e-5)
+    whole = report_from_evaluation(result.evaluation, run.holdout_set, result.delta, 0.0, model.spec.class_names)
+    assert whole.evaluation is result.evaluation and whole.fooled_count == round(result.evaluation.fooling_ratio * 100)

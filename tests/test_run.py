@@ -138,6 +138,9 @@ def test_out_of_memory_backs_off_then_stops_keeping_delta(cifar_config, monkeypa
     ({"params": {"batch_size": -1}}, "batch_size = -1"),
     ({"norm": "l1"}, "norm 'l1' is not allowed"),
     ({"device": "tpu"}, "device"),
+    ({"keep": "first"}, "keep 'first' is not allowed; choose one of best, last"),
+    ({"holdout_views": 65}, r"holdout_views = 65 is out of range; allowed \[0, 64\]"),
+    ({"augment": 1.5}, "augment must be a whole number"),
 ])
 def test_bad_parameters_are_rejected_with_the_allowed_range(changes, message):
     with pytest.raises(ParameterError, match=message):
@@ -148,3 +151,21 @@ def test_too_many_images_requested(cifar_npz):
     run = Run(RunConfig(model="cifar_resnet20", images=str(cifar_npz), fit=1500, holdout=1000, device="cpu"))
     with pytest.raises(ParameterError, match="2000"):
         list(run.events())
+
+
+def test_keep_last_returns_the_final_delta_and_views_measure_held_out(cifar_config):
+    """keep="last": the returned δ is the last one and no fit-set evaluation is made; holdout_views: the held-out
+    set is that many views of each held-out image (none of them a fit image), and the run measures on them."""
+    import dataclasses
+
+    config = dataclasses.replace(cifar_config, keep="last", holdout_views=3, fit=100, holdout=20, epochs=1)
+    run = Run(config)
+    events = list(run.events())
+    result = run.result
+    assert torch.equal(result.delta, result.last_delta) and result.best_step == result.steps == 4
+    evals = [e.data for e in events if e.kind == "eval"]
+    assert all(e["is_best"] and e["fit_fooling_ratio"] != e["fit_fooling_ratio"] for e in evals)  # NaN: not made
+    assert len(run.holdout_set) == 60 == result.evaluation.count
+    photos = {name.rsplit("#", 1)[0] for name in run.holdout_set.names}
+    assert len(photos) == 20 and not photos & set(run.fit_set.names)
+    assert result.evaluation.fooling_ratio == evals[-1]["fooling_ratio"]  # the last evaluation, not redone

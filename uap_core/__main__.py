@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--holdout", default=None, help="held-out images to measure on (default: the rest)")
     generate.add_argument("--augment", default=0, help="fit on this many random crop/flip views of each fit image "
                                                        "(default 0: off; for a few dozen images)")
+    generate.add_argument("--holdout-views", default=0, help="measure on this many random crop/flip views of each "
+                                                             "held-out image (default 0: the images themselves)")
+    generate.add_argument("--keep", default="best", choices=["best", "last"],
+                          help="return the δ with the best fit-set fooling ratio at the evaluations, or the last")
     generate.add_argument("--seed", default=0)
     generate.add_argument("--device", default="auto", help="cpu, cuda or auto")
     generate.add_argument("--epochs", default=None, help="passes over the fit set (default: the algorithm's)")
@@ -134,7 +138,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                        target=args.target, images=args.images, fit=args.fit, holdout=args.holdout, seed=args.seed,
                        device=args.device, epochs=args.epochs, params=params, eval_every=args.eval_every,
                        precision=args.precision, input_size=args.input_size, weights=args.weights,
-                       max_seconds=args.max_seconds, augment=args.augment)
+                       max_seconds=args.max_seconds, augment=args.augment,
+                       holdout_views=args.holdout_views, keep=args.keep)
     run = Run(config)
     bar = None
     interactive = sys.stderr.isatty() and not args.json

@@ -12,7 +12,7 @@ import torch
 
 from . import metrics
 from .artifacts import resample_delta
-from .evaluation import Evaluation, predict_labels, predict_logits, summarise
+from .evaluation import Evaluation, predict_labels, predict_logits, predict_top1, summarise
 from .images import ImageSet
 from .models import Classifier
 
@@ -85,12 +85,10 @@ def perturbation_report(model: Classifier, images: ImageSet, delta: torch.Tensor
     pixels = images.pixels.to(device)
     if clean_logits is None:
         clean_logits = predict_logits(model, pixels, None, precision)
-    perturbed_logits = predict_logits(model, pixels, scaled.to(device), precision)
     clean_confidence, clean_labels = clean_logits.float().softmax(1).max(1)
-    perturbed_confidence, perturbed_labels = perturbed_logits.float().softmax(1).max(1)
-    names = model.spec.class_names
-    truth = images.labels.cpu()
-    evaluation = summarise(clean_labels, perturbed_labels, truth, names, target)
+    perturbed_labels, perturbed_confidence = predict_top1(model, pixels, scaled.to(device), precision)
+    evaluation = summarise(clean_labels, perturbed_labels, images.labels, model.spec.class_names, target,
+                           clean_confidence, perturbed_confidence)
 
     size_of_delta = float(scaled.abs().max() if norm == "linf" else scaled.norm())
     if size_of_delta > 0:
@@ -100,15 +98,35 @@ def perturbation_report(model: Classifier, images: ImageSet, delta: torch.Tensor
         random_fooling_ratio = metrics.fooling_ratio(clean_labels, random_labels)
     else:
         random_fooling_ratio = 0.0
+    return report_from_evaluation(evaluation, images, scaled, random_fooling_ratio, model.spec.class_names,
+                                  float(scale), original if original != size else None, target)
 
+
+def report_from_evaluation(evaluation: Evaluation, images: ImageSet, delta: torch.Tensor,
+                           random_fooling_ratio: float, class_names: tuple[str, ...] | list[str],
+                           scale: float = 1.0, resized_from: tuple[int, int] | None = None,
+                           target: int | None = None) -> PerturbationReport:
+    """The report of an evaluation already made (with its top-1 probabilities), no forward pass: e.g. a run's
+    final held-out evaluation. ``images`` are the first len(images) evaluated images; the report covers them."""
+    count = len(images)
+    if evaluation.clean_confidence is None or evaluation.perturbed_confidence is None:
+        raise ValueError("the evaluation has no top-1 probabilities (made by evaluate() or perturbation_report())")
+    if count > evaluation.count:
+        raise ValueError(f"{count} images but the evaluation covers {evaluation.count}")
+    clean_labels, perturbed_labels = evaluation.clean_labels[:count], evaluation.perturbed_labels[:count]
+    clean_confidence, perturbed_confidence = evaluation.clean_confidence[:count], evaluation.perturbed_confidence[:count]
+    if count < evaluation.count:
+        evaluation = summarise(clean_labels, perturbed_labels, images.labels, class_names, target, clean_confidence,
+                               perturbed_confidence)
+    truth = images.labels.cpu()
     predictions = [
-        ImagePrediction(i, images.names[i], int(cl), names[int(cl)], float(cc), int(pl), names[int(pl)], float(pc),
-                        int(truth[i]))
+        ImagePrediction(i, images.names[i], int(cl), class_names[int(cl)], float(cc), int(pl), class_names[int(pl)],
+                        float(pc), int(truth[i]))
         for i, (cl, cc, pl, pc) in enumerate(zip(clean_labels.tolist(), clean_confidence.tolist(),
                                                  perturbed_labels.tolist(), perturbed_confidence.tolist()))
     ]
-    return PerturbationReport(float(scale), evaluation, random_fooling_ratio, predictions, scaled,
-                              original if original != size else None)
+    return PerturbationReport(float(scale), evaluation, random_fooling_ratio, predictions, delta.detach().float().cpu(),
+                              resized_from)
 
 
 def perturbed_pixels(pixels: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

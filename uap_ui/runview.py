@@ -14,7 +14,7 @@ from uap_core.library import safe_name
 from . import cache, charts, widgets
 from .jobs import DONE, FAILED, QUEUED, STOPPED, JobSnapshot
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0  # page refresh while a run is live: each poll redraws the charts (browser CPU)
 STATE_BADGES = {"running": ":blue-badge[running]", "queued": ":gray-badge[queued: waiting for the GPU]",
                 "done": ":green-badge[finished]", "stopped": ":orange-badge[stopped]",
                 "failed": ":red-badge[failed]"}
@@ -164,15 +164,13 @@ def show_notices() -> None:
         widgets.show_skipped(images)
 
 
-@st.cache_resource(max_entries=16, show_spinner="Classifying the held-out images with and without δ…")
-def _job_analysis(job_id: int, _model, _images, _delta, norm: str):
-    from uap_core.report import perturbation_report
-
-    return perturbation_report(_model, _images, _delta, norm=norm)
-
-
 def job_analysis(job, snap: JobSnapshot):
-    """Per-image predictions of a finished job's kept δ on its held-out images (computed once per job)."""
-    if snap.result is None or job.model is None or job.holdout is None:
+    """Per-image predictions of a finished job's kept δ on its held-out images (the first ones the job kept),
+    taken from the run's final evaluation: no forward pass."""
+    from uap_core.report import report_from_evaluation
+
+    result = snap.result
+    if result is None or job.holdout is None or job.model is None or result.evaluation.perturbed_confidence is None:
         return None
-    return _job_analysis(job.id, job.model, job.holdout, snap.result.delta, snap.result.config.norm)
+    return report_from_evaluation(result.evaluation, job.holdout, result.delta, result.random_evaluation.fooling_ratio,
+                                  job.model.spec.class_names, target=result.config.target)
