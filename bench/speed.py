@@ -7,16 +7,19 @@ For each model and each part:
   sgd_step    SGD-UAP's step on a batch of B images (default 250): the core's ``SGDUAP.step``;
   evaluation  forward-only prediction of clamp(x + δ) on many images: the core's ``predict_labels``.
 
-Three columns per part, images per second, all measured in this one process on the same device:
+Four columns per part, images per second, all measured in this one process on the same device:
 
-  core      uap_core as the app and the CLI run it (frozen weights; on CUDA channels_last, cuDNN autotuning,
-            bf16/fp16 autocast; uint8 images and batch indices on the device; one sync per step);
+  core      uap_core's eager path (frozen weights; channels_last; on CUDA cuDNN autotuning and bf16/fp16
+            autocast; uint8 images and batch indices on the device; one sync per step);
+  compiled  the same with ``compile`` on (RunConfig.compile): the gradient step captured by torch.compile, on
+            CUDA in mode "reduce-overhead", i.e. as CUDA graphs — what ``--compile auto`` runs on a GPU
+            (SGA and SGD-UAP only; measured after the compile, which is done once per run);
   floor     the least any UAP method must do: forward + input-gradient backward (or forward only for
             evaluation) on an already prepared input of the same batch size and precision, eager;
   baseline  "the usual way": fp32, weights still requiring grad, NCHW, the batch indexed on the host from
             float images and copied to the device every step, loss read back with .item() every step.
 
-and the ratios core/floor and core/baseline. Last, the predicted wall time of the published SGA run (VGG16,
+and the ratios best/floor and best/baseline, best being the faster of core and compiled. Last, the predicted wall time of the published SGA run (VGG16,
 10,000 images, 20 epochs, K = 4: 800,000 image-gradients at mini-batch 10) at the measured sga_inner speed.
 
 Weights are random (speed does not depend on them; nothing is downloaded). Run from the repository root:
@@ -24,6 +27,7 @@ Weights are random (speed does not depend on them; nothing is downloaded). Run f
     python bench/speed.py                                  # VGG16, ResNet50, EfficientNet-Lite0 on cuda if present
     python bench/speed.py --device cpu --models efficientnet_lite0 --seconds 5
     python bench/speed.py --models vgg16 mobilenet_v2 --sgd-batch 128
+    python bench/speed.py --device cpu --compile on           # measure inductor on the CPU too (slow to compile)
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from uap_core.algorithms.base import AttackSetup  # noqa: E402
 from uap_core.evaluation import autocast, predict_labels  # noqa: E402
 from uap_core.models import load_model, model_names, resolve_device  # noqa: E402
 from uap_core.params import parse_params  # noqa: E402
-from uap_core.run import choose_precision, prepare_model  # noqa: E402
+from uap_core.run import choose_compile, choose_precision, prepare_model  # noqa: E402
 
 PUBLISHED_SGA_IMAGE_GRADIENTS = 10_000 * 20 * 4  # images × epochs × K: every image is visited K times an epoch
 EPS = 10 / 255
@@ -71,25 +75,26 @@ def sync(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the core
-def core_algorithm(name: str, model, pixels: torch.Tensor, params: dict, precision: str):
+def core_algorithm(name: str, model, pixels: torch.Tensor, params: dict, precision: str, compile: bool = False):
     """The core's algorithm object on uint8 ``pixels`` already on the device (as Run builds it)."""
     device = pixels.device
     clean = predict_labels(model, pixels, None, precision)
     setup = AttackSetup(model, pixels, clean, EPS, "linf", None, torch.Generator(device=device).manual_seed(0),
-                        precision)
+                        precision, compile)
     algorithm_class = get_algorithm(name)
     return algorithm_class(setup, parse_params(algorithm_class.Params, params))
 
 
-def core_sga(model, pixels, minibatch: int, outer_batch: int, precision: str) -> Callable[[], int]:
+def core_sga(model, pixels, minibatch: int, outer_batch: int, precision: str,
+             compile: bool = False) -> Callable[[], int]:
     sga = core_algorithm("sga", model, pixels, {"batch_size": outer_batch, "minibatch_size": minibatch,
-                                                "inner_passes": 4}, precision)
+                                                "inner_passes": 4}, precision, compile)
     batch = torch.arange(outer_batch, device=pixels.device)
     return lambda: sga.step(batch)["image_gradients"]
 
 
-def core_sgd(model, pixels, batch_size: int, precision: str) -> Callable[[], int]:
-    sgd = core_algorithm("sgd_uap", model, pixels, {"batch_size": batch_size}, precision)
+def core_sgd(model, pixels, batch_size: int, precision: str, compile: bool = False) -> Callable[[], int]:
+    sgd = core_algorithm("sgd_uap", model, pixels, {"batch_size": batch_size}, precision, compile)
     batch = torch.arange(batch_size, device=pixels.device)
     return lambda: sgd.step(batch)["image_gradients"]
 
@@ -170,27 +175,32 @@ def bench_model(name: str, device: torch.device, args: argparse.Namespace) -> li
     model = prepare_model(load_model(name, device, pretrained=False, download=False), device)
     size = model.spec.input_size
     precision = choose_precision(args.precision, device)
+    compile = choose_compile(args.compile, device)
     count = max(args.outer_batch, args.sgd_batch, args.eval_images)
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator).to(device)
     rows = []
 
-    def row(part: str, batch: int, core: Callable[[], int], floor: Callable[[], int],
-            baseline: Callable[[], int] | None) -> None:
-        measured = {"core": measure(core, device, args.seconds), "floor": measure(floor, device, args.seconds)}
+    def row(part: str, batch: int, core: Callable[[], int], compiled: Callable[[], int] | None,
+            floor: Callable[[], int], baseline: Callable[[], int] | None) -> None:
+        measured = {"core": measure(core, device, args.seconds),
+                    "compiled": measure(compiled, device, args.seconds, warmup=3) if compiled else float("nan"),
+                    "floor": measure(floor, device, args.seconds)}
         measured["baseline"] = measure(baseline, device, args.seconds) if baseline else float("nan")
         rows.append({"model": name, "part": part, "batch": batch, **measured})
         print(format_row(rows[-1]), flush=True)
 
     if "sga_inner" in args.parts:
         row("sga_inner", args.minibatch, core_sga(model, pixels, args.minibatch, args.outer_batch, precision),
+            core_sga(model, pixels, args.minibatch, args.outer_batch, precision, True) if compile else None,
             floor_gradient(model, args.minibatch, size, precision), usual_way(model, pixels, args.minibatch, size))
     if "sgd_step" in args.parts:
         row("sgd_step", args.sgd_batch, core_sgd(model, pixels, args.sgd_batch, precision),
+            core_sgd(model, pixels, args.sgd_batch, precision, True) if compile else None,
             floor_gradient(model, args.sgd_batch, size, precision), usual_way(model, pixels, args.sgd_batch, size))
     if "evaluation" in args.parts:
         evaluation_pixels = pixels[:args.eval_images]
-        row("evaluation", args.eval_batch, core_evaluation(model, evaluation_pixels, precision, args.eval_batch),
+        row("evaluation", args.eval_batch, core_evaluation(model, evaluation_pixels, precision, args.eval_batch), None,
             floor_forward(model, args.eval_batch, size, precision),
             usual_way_forward(model, evaluation_pixels, args.eval_batch))
     del model, pixels
@@ -199,13 +209,18 @@ def bench_model(name: str, device: torch.device, args: argparse.Namespace) -> li
     return rows
 
 
-HEADER = (f"{'model':<20} {'part':<11} {'batch':>5} {'core img/s':>11} {'floor img/s':>12} {'usual img/s':>12} "
-          f"{'core/floor':>10} {'core/usual':>10}")
+HEADER = (f"{'model':<20} {'part':<11} {'batch':>5} {'core img/s':>11} {'compiled':>9} {'floor img/s':>12} "
+          f"{'usual img/s':>12} {'best/floor':>10} {'best/usual':>10}")
+
+
+def best(r: dict) -> float:
+    """The faster of the core's eager and compiled paths (compiled is NaN where not measured)."""
+    return max(r["core"], r["compiled"]) if r["compiled"] == r["compiled"] else r["core"]
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['model']:<20} {r['part']:<11} {r['batch']:>5} {r['core']:>11.1f} {r['floor']:>12.1f} "
-            f"{r['baseline']:>12.1f} {r['core'] / r['floor']:>10.2f} {r['core'] / r['baseline']:>10.2f}")
+    return (f"{r['model']:<20} {r['part']:<11} {r['batch']:>5} {r['core']:>11.1f} {r['compiled']:>9.1f} "
+            f"{r['floor']:>12.1f} {r['baseline']:>12.1f} {best(r) / r['floor']:>10.2f} {best(r) / r['baseline']:>10.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-images", type=int, default=None, help="images per evaluation (default 1024 on CUDA, 32 on the CPU)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="measure each cell for at least this long (default 3 on CUDA, 4 on the CPU)")
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help="also measure the compiled step (auto: on CUDA, where it runs as CUDA graphs)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
 
@@ -240,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; precision {choose_precision(args.precision, device)}; torch {torch.__version__}; "
+    print(f"device: {name}; precision {choose_precision(args.precision, device)}; "
+          f"compiled column: {'on' if choose_compile(args.compile, device) else 'off'}; torch {torch.__version__}; "
           f"random weights (speed does not depend on them)")
     print(f"sga_inner: B {args.outer_batch}, m {args.minibatch}, K 4; sgd_step: B {args.sgd_batch}; "
           f"evaluation: {args.eval_images} images in batches of {args.eval_batch}\n")
@@ -251,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for r in rows:
         if r["part"] == "sga_inner":
-            minutes = PUBLISHED_SGA_IMAGE_GRADIENTS / r["core"] / 60
+            minutes = PUBLISHED_SGA_IMAGE_GRADIENTS / best(r) / 60
             print(f"published SGA run (10k images, 20 epochs, K 4, m {r['batch']}) on {r['model']}: "
-                  f"{minutes:,.1f} min at {r['core']:.0f} image-gradients/s")
+                  f"{minutes:,.1f} min at {best(r):.0f} image-gradients/s")
     return 0
 
 

@@ -7,7 +7,7 @@ import streamlit as st
 import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 
 from uap_core.algorithms import ALGORITHMS
-from uap_core.run import PRECISIONS, RunConfig
+from uap_core.run import COMPILE, KEEP, PRECISIONS, RunConfig
 from uap_ui import runview, widgets
 from uap_ui.jobs import Workspace, run_label
 from uap_ui.session import current_workspace, setup_page
@@ -63,12 +63,30 @@ with st.container(border=True):
         input_size = c4.number_input("Input size (0 = the model's)", min_value=0, max_value=1024, value=0, step=1,
                                      key="gen_input_size", persist_state="session",
                                      help="Smaller inputs run faster on a CPU (the model still works, less well).")
-        c5, c6, _, _ = st.columns(4)
+        c5, c6, c7, c8 = st.columns(4)
         precision = c5.selectbox("Precision", list(PRECISIONS), key="gen_precision", persist_state="session",
                                  help="auto: bf16/fp16 on a GPU, fp32 on the CPU.")
         max_seconds = c6.number_input("Time limit, s (0 = none)", min_value=0, value=0, step=10,
                                       key="gen_max_seconds", persist_state="session",
-                                      help="Stop after this long, keeping the best δ so far.")
+                                      help="Stop after this long, keeping the δ so far.")
+        keep = c7.selectbox("Keep", list(KEEP), key="gen_keep", persist_state="session",
+                            format_func={"best": "best δ (fit-set fooling ratio)", "last": "last δ"}.get,
+                            help="best: the δ with the highest fooling ratio on the fit images at the evaluations "
+                                 "(never chosen on held-out images). last: the final δ; skips the fit-set "
+                                 "evaluations, so short runs go faster.")
+        compile_mode = c8.selectbox("Compile the step", list(COMPILE), key="gen_compile", persist_state="session",
+                                    help="torch.compile of the SGA / SGD-UAP gradient step; on a GPU it runs as "
+                                         "CUDA graphs. auto: on for CUDA, off on the CPU (compiling takes about "
+                                         "a minute there).")
+        c9, c10, _, _ = st.columns(4)
+        augment = c9.number_input("Fit on n crops of each image (0 = off)", min_value=0, max_value=64, value=0,
+                                  step=1, key="gen_augment", persist_state="session",
+                                  help="Random crop + flip views of every fit image instead of the image: for a "
+                                       "few dozen images, where δ otherwise learns the photos, not the model.")
+        holdout_views = c10.number_input("Measure on n crops of each held-out image (0 = off)", min_value=0,
+                                         max_value=64, value=0, step=1, key="gen_holdout_views",
+                                         persist_state="session",
+                                         help="Finer, steadier fooling ratios from a handful of held-out photos.")
 
     def config_for(method: str, method_params: dict) -> RunConfig:
         return RunConfig(
@@ -76,7 +94,8 @@ with st.container(border=True):
             images=choice.source if choice.kind != "upload" else "uploads", fit=fit or None, seed=int(seed),
             device=device, epochs=int(epochs), params=method_params,
             eval_every=eval_every or None, precision=precision, input_size=input_size or None,
-            max_seconds=max_seconds or None)
+            max_seconds=max_seconds or None, keep=keep, compile=compile_mode, augment=int(augment),
+            holdout_views=int(holdout_views))
 
     running = workspace.running()
     b1, b2, b3, b4 = st.columns(4)
@@ -88,7 +107,7 @@ with st.container(border=True):
                           "form): the paper's central comparison, live on the same axes.")
     b3.button("Stop", key="gen_stop", icon=":material/stop:", on_click=stop_runs, args=(workspace,),
               disabled=not running, width="stretch", help="Ends the runs after their current step; each keeps "
-                                                          "its best δ so far.")
+                                                          "its kept δ so far.")
     b4.button("Clear finished runs", key="gen_clear", icon=":material/clear_all:",
               on_click=workspace.clear_finished, width="stretch")
 

@@ -96,6 +96,8 @@ def test_generate_defaults(library_dir):
     assert numbers["gen_sga_inner_passes"] == 4 and numbers["gen_sga_beta"] == 9.0
     assert numbers["gen_sga_step_size_10"] == 1.0, "step size default 0.1·eps shown as n/255"
     assert numbers["gen_epochs_sga"] == 20
+    assert numbers["gen_augment"] == 0 and numbers["gen_holdout_views"] == 0
+    assert selects["gen_keep"] == "best" and selects["gen_compile"] == "auto"
     radios = values(at.radio)
     assert radios["gen_images_kind"] == "samples" and radios["gen_norm"] == "linf"
     assert not at.button(key="gen_start").disabled and at.button(key="gen_stop").disabled
@@ -180,6 +182,21 @@ def test_generate_tiny_run_race_charts_and_save(library_dir):
 
     at.button(key="gen_clear").click().run()
     assert not status_lines(at)
+
+
+def test_generate_run_settings_reach_the_run(library_dir):
+    """Held-out crops and keep = last from the form: the run measures on 2 views of each of the 12 held-out
+    photos and keeps its last δ."""
+    at = page("generate").run()
+    _tiny_settings(at)
+    at.number_input(key="gen_holdout_views").set_value(2)
+    at.selectbox(key="gen_keep").set_value("last")
+    at.run()
+    at.button(key="gen_start").click().run()
+    lines = wait_for_runs(at)
+    assert not at.exception and "finished]" in lines[0] and "kept δ: step 3 " in lines[0]
+    histogram = figure_titled(at, "Held-out labels under")
+    assert sum(histogram["data"][0]["x"]) == 24 and "of 24 images" in histogram["layout"]["title"]["text"]
 
 
 # ---------------------------------------------------------------------------------------------- Inspect

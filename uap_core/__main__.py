@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(default 0: off; for a few dozen images)")
     generate.add_argument("--holdout-views", default=0, help="measure on this many random crop/flip views of each "
                                                              "held-out image (default 0: the images themselves)")
+    generate.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                          help="capture the SGA / SGD-UAP gradient step with torch.compile, on CUDA as CUDA graphs "
+                               "(auto: on CUDA only)")
     generate.add_argument("--keep", default="best", choices=["best", "last"],
                           help="return the δ with the best fit-set fooling ratio at the evaluations, or the last")
     generate.add_argument("--seed", default=0)
@@ -139,7 +142,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                        device=args.device, epochs=args.epochs, params=params, eval_every=args.eval_every,
                        precision=args.precision, input_size=args.input_size, weights=args.weights,
                        max_seconds=args.max_seconds, augment=args.augment,
-                       holdout_views=args.holdout_views, keep=args.keep)
+                       holdout_views=args.holdout_views, keep=args.keep,
+                       compile=args.compile)
     run = Run(config)
     bar = None
     interactive = sys.stderr.isatty() and not args.json

@@ -8,8 +8,9 @@ pixel units on the model's device; the perturbed image is clamp(x + δ, 0, 1).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from .. import metrics
 from ..evaluation import autocast
 from ..models import Classifier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +30,9 @@ class AttackSetup:
     eps: budget in pixel units (10/255); norm: "linf" | "l2"; target: class index for a targeted attack, else None.
     generator: seeded torch.Generator on the device (batch order, inner sampling).
     precision: "fp32" | "bf16" | "fp16": the dtype of the model's forward/backward (δ and gradients stay fp32).
+    compile: capture the forward + backward of :meth:`UAPAlgorithm.gradient` with ``torch.compile`` (on CUDA in
+    ``mode="reduce-overhead"``: CUDA graphs, which remove the launch overhead of small batches). Falls back to
+    eager, once and for good, if compiling fails.
     """
 
     model: Classifier
@@ -37,6 +43,7 @@ class AttackSetup:
     target: int | None
     generator: torch.Generator
     precision: str = "fp32"
+    compile: bool = False
 
 
 class UAPAlgorithm:
@@ -47,6 +54,7 @@ class UAPAlgorithm:
     Params: ClassVar[type]
     supports_targeted: ClassVar[bool] = True
     default_epochs: ClassVar[int] = 20
+    uses_gradient_step: ClassVar[bool] = True  # steps through :meth:`gradient` (what ``compile`` captures)
 
     def __init__(self, setup: AttackSetup, params) -> None:
         self.setup = setup
@@ -58,6 +66,11 @@ class UAPAlgorithm:
         self.previous_gradient: torch.Tensor | None = None
         self.momentum_buffer: torch.Tensor | None = None
         self.chunk_size: int | None = None  # largest batch one forward/backward takes; lowered on out-of-memory
+        self.compile_error: str | None = None  # why compiling failed (the eager path is used since)
+        self._compiled: Callable | None = None
+        if setup.compile and self.uses_gradient_step:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._compiled = torch.compile(self.loss_and_fooled, mode=mode, dynamic=False)
 
     # ------------------------------------------------------------------------------------------ data
     @property
@@ -94,6 +107,18 @@ class UAPAlgorithm:
             return -logits.gather(1, clean_labels[:, None])[:, 0]
         return F.cross_entropy(logits, clean_labels, reduction="none").clamp(max=self.params.beta)
 
+    def loss_and_fooled(self, pixels: torch.Tensor, delta: torch.Tensor,
+                        clean_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The differentiable part of a step, the one a compiler captures: per-image loss (n,) fp32 of
+        clamp(pixels / 255 + δ, 0, 1) and the number of those images fooled (0-d int64).
+
+        pixels: (n, 3, H, W) uint8; delta: (3, H, W) fp32 (a leaf that requires grad); clean_labels: (n,) k(x).
+        """
+        x = (pixels.float() / 255 + delta).clamp(0, 1).contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            logits = self.model(x)
+        return self.loss_per_image(logits, clean_labels), self.fooled(logits.detach(), clean_labels)
+
     def gradient(self, indices: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """g = d/dδ mean_i loss(f(clamp(x_i + δ))) over ``indices``, in fp32.
 
@@ -105,23 +130,46 @@ class UAPAlgorithm:
         fooled = torch.zeros((), device=self.device, dtype=torch.long)
         chunks = indices.split(self.chunk_size) if self.chunk_size else (indices,)
         for chunk in chunks:
-            leaf = delta.detach().requires_grad_(True)
-            x = (self.images(chunk) + leaf).clamp(0, 1).contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                logits = self.model(x)
-            losses = self.loss_per_image(logits, self.setup.clean_labels[chunk])
-            (chunk_grad,) = torch.autograd.grad(losses.sum(), leaf)
+            chunk_grad, losses, chunk_fooled = self._chunk_gradient(chunk, delta)
             gradient += chunk_grad
             loss_sum += losses.detach().sum()
-            fooled += self.fooled(logits.detach(), chunk)
+            fooled += chunk_fooled
         return gradient / len(indices), loss_sum, fooled
 
-    def fooled(self, logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def _chunk_gradient(self, chunk: torch.Tensor, delta: torch.Tensor):
+        pixels, clean_labels = self.setup.pixels[chunk], self.setup.clean_labels[chunk]
+        if self._compiled is not None:
+            try:
+                if self.device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()  # the outputs of the last replay are consumed
+                grad, losses, fooled = self._gradient_through(self._compiled, pixels, delta, clean_labels)
+                return grad.clone(), losses.clone(), fooled.clone()  # out of the CUDA graph's memory pool
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a compiler failure must not end the run: go eager
+                self.compile_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                self._compiled = None
+                log.warning("torch.compile failed, running eager from now on: %s", self.compile_error)
+        return self._gradient_through(self.loss_and_fooled, pixels, delta, clean_labels)
+
+    @staticmethod
+    def _gradient_through(forward: Callable, pixels: torch.Tensor, delta: torch.Tensor, clean_labels: torch.Tensor):
+        leaf = delta.detach().requires_grad_(True)
+        losses, fooled = forward(pixels, leaf, clean_labels)
+        (grad,) = torch.autograd.grad(losses.sum(), leaf)
+        return grad, losses.detach(), fooled
+
+    @property
+    def compiled(self) -> bool:
+        """True while the compiled (on CUDA: graphed) gradient is in use."""
+        return self._compiled is not None
+
+    def fooled(self, logits: torch.Tensor, clean_labels: torch.Tensor) -> torch.Tensor:
         """Number of images counted as fooled: label changed (untargeted) or target reached (targeted)."""
         predicted = logits.argmax(1)
         if self.setup.target is not None:
             return (predicted == self.setup.target).sum()
-        return (predicted != self.setup.clean_labels[indices]).sum()
+        return (predicted != clean_labels).sum()
 
     # ------------------------------------------------------------------------------------------ the update
     def step_direction(self, gradient: torch.Tensor, use_momentum: bool = True) -> torch.Tensor:

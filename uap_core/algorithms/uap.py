@@ -41,6 +41,7 @@ class UAP(UAPAlgorithm):
     name = "uap"
     title = "UAP (DeepFool accumulation, Moosavi-Dezfooli et al. 2017)"
     Params = UAPParams
+    uses_gradient_step = False  # DeepFool per image: data-dependent, nothing to compile
     supports_targeted = False
     default_epochs = 10  # passes: the MATLAB code's cap (the Python code has none; ~5 is typical)
 
