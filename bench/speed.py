@@ -19,8 +19,9 @@ Four columns per part, images per second, all measured in this one process on th
   baseline  "the usual way": fp32, weights still requiring grad, NCHW, the batch indexed on the host from
             float images and copied to the device every step, loss read back with .item() every step.
 
-and the ratios best/floor and best/baseline, best being the faster of core and compiled. Last, the predicted wall time of the published SGA run (VGG16,
-10,000 images, 20 epochs, K = 4: 800,000 image-gradients at mini-batch 10) at the measured sga_inner speed.
+and the ratios best/floor and best/baseline, best being the faster of core and compiled. Last, the predicted wall
+time of the published SGA run (VGG16, 10,000 images, 20 epochs, K = 4: 800,000 image-gradients at mini-batch 10)
+at the best measured sga_inner speed.
 
 Weights are random (speed does not depend on them; nothing is downloaded). Run from the repository root:
 

@@ -114,7 +114,8 @@ def report_from_evaluation(evaluation: Evaluation, images: ImageSet, delta: torc
     if count > evaluation.count:
         raise ValueError(f"{count} images but the evaluation covers {evaluation.count}")
     clean_labels, perturbed_labels = evaluation.clean_labels[:count], evaluation.perturbed_labels[:count]
-    clean_confidence, perturbed_confidence = evaluation.clean_confidence[:count], evaluation.perturbed_confidence[:count]
+    clean_confidence = evaluation.clean_confidence[:count]
+    perturbed_confidence = evaluation.perturbed_confidence[:count]
     if count < evaluation.count:
         evaluation = summarise(clean_labels, perturbed_labels, images.labels, class_names, target, clean_confidence,
                                perturbed_confidence)

@@ -5,10 +5,10 @@ A run loads the model and images, fits a UAP with one algorithm and yields :clas
     run = Run(RunConfig(model="efficientnet_lite0", algorithm="sga", eps=10/255, images="samples"))
     for event in run.events():          # "start", then "step" / "eval" events, then "done"
         print(event.kind, event.data)
-    result = run.result                 # best δ so far, its held-out evaluation, the metric history
+    result = run.result                 # the kept δ, its held-out evaluation, the metric history
 
-``run.stop()`` (from any thread) ends the run after the current step, keeping the δ so far (see ``keep``). The same seed
-on the same device gives the same δ.
+``run.stop()`` (from any thread) ends the run after the current step, keeping the δ so far (see ``keep``). The
+same seed on the same device gives the same δ.
 """
 
 from __future__ import annotations
