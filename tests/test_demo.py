@@ -15,6 +15,7 @@ from uap_core.run import Run
 
 
 def test_demo_fools_held_out_photos_and_real_imagenet_far_beyond_random_noise(lite0, imagenet_200):
+    assert demo_config("cuda").compile == "off"  # compiling would take longer than the demo, even on a GPU
     config = dataclasses.replace(demo_config("cpu"), max_seconds=None, epochs=2)
     run = Run(config, model=lite0)
     result = run.run_to_end()
