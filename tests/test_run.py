@@ -22,7 +22,7 @@ def test_events_and_result(cifar_config):
     events = list(run.events())
     kinds = [e.kind for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
-    assert kinds.count("step") == 32 and kinds.count("eval") == 4
+    assert kinds.count("step") == 32 and kinds.count("eval") == 5  # steps 1, 8, 16, 24, 32
     steps = [e for e in events if e.kind == "step"]
     assert [e.step for e in steps] == list(range(1, 33))
     for key in ("loss", "batch_fooling_ratio", "grad_cosine", "quantisation_error", "linf", "l2",

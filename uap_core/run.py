@@ -42,7 +42,8 @@ class RunConfig:
     """What to generate. eps is in pixel units (10/255); accepts "10/255" strings too.
 
     fit / holdout: image counts (None: half of the images each / all the rest). epochs: passes over the fit set
-    (None: the algorithm's default). eval_every: steps between held-out evaluations (None: about 20 per run).
+    (None: the algorithm's default). eval_every: steps between held-out evaluations (None: about 20 per run);
+    the first step and the last are always evaluated too.
     params: the algorithm's own hyperparameters (see its Params class; missing ones take the paper defaults).
     augment: fit on this many random views (crop + flip) of every fit image instead of the images themselves
     (0: off); for tiny fit sets such as the embedded samples. holdout_views: measure on this many random views of
@@ -366,7 +367,7 @@ class Run:
                     event = RunEvent("step", step, epoch, elapsed(), stats)
                     history.append(event.as_dict())
                     yield event
-                    if step % self.eval_every == 0:
+                    if step % self.eval_every == 0 or step == 1:  # step 1: an early point on the charts
                         event = evaluation_event()
                         history.append(event.as_dict())
                         yield event
