@@ -24,8 +24,8 @@ EPS = 10 / 255
 CASES = {
     # SGA: 4 epochs of B 10, m 10, K 4 → 40 aggregated sign steps (1,600 image-gradients)
     "sga": dict(epochs=4, params={"batch_size": 10, "minibatch_size": 10, "inner_passes": 4}, ratio=2.0),
-    # SGD-UAP: 16 epochs of B 10 → 160 sign steps (1,600 image-gradients)
-    "sgd_uap": dict(epochs=16, params={"batch_size": 10}, ratio=1.5),
+    # SGD-UAP: 12 epochs of B 10 → 120 sign steps (1,200 image-gradients)
+    "sgd_uap": dict(epochs=12, params={"batch_size": 10}, ratio=1.5),
 }
 
 
