@@ -84,3 +84,31 @@ def test_batch_sizes_from_free_memory_and_for_the_cpu(model, pixels):
     assert default_batch_size(model, (3, 32, 32)) == 196
     by_default = predict_logits(model, pixels)  # the batch size changes nothing but the speed
     assert torch.allclose(by_default, predict_logits(model, pixels, batch_size=7), atol=1e-5)
+
+
+def test_cuda_batch_probe_measures_the_memory_per_image(monkeypatch):
+    """The CUDA probe, run against a simulated GPU (this machine has none): two forwards of 4 and 12 images
+    whose peaks differ by 8 × 30 MiB, on top of 500 MiB of fixed cost; 20 GiB free → half of it / 30 MiB."""
+    import types
+
+    from uap_core import evaluation
+
+    mib = 2**20
+    state = {"peak": 0}
+
+    class FakeModel:
+        device = torch.device("cuda")
+
+        def __call__(self, x):
+            state["peak"] = 500 * mib + len(x) * 30 * mib
+
+    fake_cuda = types.SimpleNamespace(
+        synchronize=lambda device: None, reset_peak_memory_stats=lambda device: state.update(peak=0),
+        memory_allocated=lambda device: 0, max_memory_allocated=lambda device: state["peak"],
+        mem_get_info=lambda device: (20 * 1024 * mib, 80 * 1024 * mib), empty_cache=lambda: None)
+    monkeypatch.setattr(evaluation.torch, "cuda", fake_cuda)
+    real_zeros = torch.zeros
+    monkeypatch.setattr(evaluation.torch, "zeros", lambda shape, device=None: real_zeros(shape))
+    model = FakeModel()
+    assert evaluation.default_batch_size(model, (3, 224, 224), "fp32") == (10 * 1024) // 30
+    evaluation._cuda_batch_cache.clear()
