@@ -109,7 +109,8 @@ if demo is not None and not demo.active:
         grid_col, hist_col = st.columns([3, 2])
         with grid_col:
             st.markdown("**Held-out images, clean vs perturbed** (fooled ones first)")
-            widgets.prediction_grid(demo.holdout, analysis, count=6, columns=2)
+            if analysis is not None:
+                widgets.prediction_grid(demo.holdout, analysis, count=6, columns=2)
         with hist_col:
             widgets.histogram_chart(snap.result.evaluation.histogram.as_dict(10), key="demo_hist",
                                     title="Top label of the perturbed held-out images", height=380)
