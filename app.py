@@ -97,14 +97,7 @@ if demo is not None and not demo.active:
     snap = demo.snapshot()
     if snap.result is not None:
         st.subheader("What the perturbation does")
-        summary = snap.result.summary()
-        cols = st.columns(4)
-        cols[0].metric("Held-out fooling ratio", widgets.percent(summary["fooling_ratio"]),
-                       help=f"{summary['heldout_images']} images never used to fit δ")
-        cols[1].metric("Random noise of the same strength", widgets.percent(summary["random_fooling_ratio"]))
-        cols[2].metric("Dominant label", summary["dominant_name"] or "—",
-                       help=f"{summary['dominant_share']:.0%} of the perturbed held-out images")
-        cols[3].metric("Time", f"{summary['seconds']:.0f} s", help=f"{summary['steps']} steps on {summary['device']}")
+        runview.headline_metrics(snap.result.summary())
         analysis = runview.job_analysis(demo, snap)
         grid_col, hist_col = st.columns([3, 2])
         with grid_col:

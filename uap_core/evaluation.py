@@ -38,8 +38,8 @@ def batch_for_memory(free_bytes: int, bytes_per_image: float, share: float = CUD
 def default_batch_size(model: Classifier, image_shape: tuple[int, ...], precision: str = "fp32") -> int:
     """The forward-only batch for ``model`` on (3, H, W) images.
 
-    CPU: about four 224-pixel images' worth (measured on 2 cores, EfficientNet-Lite0: 41 images/s at batch 4,
-    27 at 8, 24 at 32 — bigger batches fall out of the caches; ResNet50 is flat). CUDA: from the free memory,
+    CPU: about four 224-pixel images' worth (measured on 2 cores, EfficientNet-Lite0: 32–42 images/s at batch 4,
+    27–33 at 8, 24 at 32 — bigger batches fall out of the caches; ResNet50 is flat). CUDA: from the free memory,
     after two probe forwards (4 and 12 images) measure the memory an image takes (cached per model, shape, precision).
     """
     height, width = image_shape[-2:]

@@ -94,6 +94,20 @@ def default_save_name(snap: JobSnapshot) -> str:
     return safe_name(f"{cfg.algorithm}-{cfg.model}-{cfg.norm}-eps{eps:g}-seed{cfg.seed}-run{snap.id}")
 
 
+def headline_metrics(summary: dict) -> None:
+    """The headline numbers of a finished run (its ``RunResult.summary()``), one row: held-out fooling ratio,
+    random noise of the same eps, dominant label, steps, time."""
+    cols = st.columns(5)
+    cols[0].metric("Held-out fooling ratio", widgets.percent(summary["fooling_ratio"]),
+                   help=f"on {summary['heldout_images']} images not used to fit δ")
+    cols[1].metric("Random noise, same eps", widgets.percent(summary["random_fooling_ratio"]),
+                   help="fooling ratio of random noise of the same strength on the same held-out images")
+    cols[2].metric("Dominant label", summary["dominant_name"] or "—",
+                   help=f"share of the perturbed held-out images: {summary['dominant_share']:.0%}")
+    cols[3].metric("Steps", f"{summary['steps']}", help=f"ended: {summary['reason']}")
+    cols[4].metric("Time", f"{summary['seconds']:.0f} s", help=f"device {summary['device']}")
+
+
 def result_panel(snap: JobSnapshot, key: str) -> None:
     """Headline numbers of a finished run, Save to the library, download δ."""
     result = snap.result
@@ -103,15 +117,7 @@ def result_panel(snap: JobSnapshot, key: str) -> None:
         else:
             st.info("The run ended before it produced a perturbation.")
         return
-    summary = result.summary()
-    cols = st.columns(5)
-    cols[0].metric("Held-out fooling ratio", widgets.percent(summary["fooling_ratio"]),
-                   help=f"on {summary['heldout_images']} images not used to fit δ")
-    cols[1].metric("Random noise, same eps", widgets.percent(summary["random_fooling_ratio"]))
-    cols[2].metric("Dominant label", summary["dominant_name"] or "—",
-                   help=f"share of the held-out images: {summary['dominant_share']:.0%}")
-    cols[3].metric("Steps", f"{summary['steps']}", help=f"ended: {summary['reason']}")
-    cols[4].metric("Time", f"{summary['seconds']:.0f} s", help=f"device {summary['device']}")
+    headline_metrics(result.summary())
     save_col, download_col = st.columns([3, 1])
     with save_col:
         with st.form(key=f"{key}_save_form", border=False):
