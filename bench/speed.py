@@ -25,7 +25,8 @@ at the best measured sga_inner speed.
 
 Weights are random (speed does not depend on them; nothing is downloaded). Run from the repository root:
 
-    python bench/speed.py                                  # VGG16, ResNet50, EfficientNet-Lite0 on cuda if present
+    python bench/speed.py                                  # VGG16, ResNet50, EfficientNet-Lite0 (+ ResNet152 on CUDA)
+    python bench/speed.py --markdown bench/table.md --profile vgg16   # also a Markdown table, a profile
     python bench/speed.py --device cpu --models efficientnet_lite0 --seconds 5
     python bench/speed.py --models vgg16 mobilenet_v2 --sgd-batch 128
     python bench/speed.py --device cpu --compile on           # measure inductor on the CPU too (slow to compile)
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import platform
 import sys
 import time
 from pathlib import Path
@@ -78,9 +80,8 @@ def sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------------- the core
 def core_algorithm(name: str, model, pixels: torch.Tensor, params: dict, precision: str, compile: bool = False):
     """The core's algorithm object on uint8 ``pixels`` already on the device (as Run builds it)."""
-    device = pixels.device
     clean = predict_labels(model, pixels, None, precision)
-    setup = AttackSetup(model, pixels, clean, EPS, "linf", None, torch.Generator(device=device).manual_seed(0),
+    setup = AttackSetup(model, pixels, clean, EPS, "linf", None, torch.Generator().manual_seed(0),
                         precision, compile)
     algorithm_class = get_algorithm(name)
     return algorithm_class(setup, parse_params(algorithm_class.Params, params))
@@ -171,6 +172,23 @@ def usual_way_forward(model, pixels: torch.Tensor, batch_size: int) -> Callable[
     return work
 
 
+# ---------------------------------------------------------------------------------------------- the profile
+def profile_step(name: str, work: Callable[[], int], device: torch.device, calls: int = 3, rows: int = 12) -> str:
+    """torch.profiler's table of ``calls`` calls of ``work`` (already warmed up), sorted by device time: where the
+    time of one step goes (kernels, launches, copies, syncs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    work()
+    sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            work()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return f"--- profile: {name}, {calls} calls\n" + prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 # ---------------------------------------------------------------------------------------------- the table
 def bench_model(name: str, device: torch.device, args: argparse.Namespace) -> list[dict]:
     model = prepare_model(load_model(name, device, pretrained=False, download=False), device)
@@ -192,9 +210,17 @@ def bench_model(name: str, device: torch.device, args: argparse.Namespace) -> li
         print(format_row(rows[-1]), flush=True)
 
     if "sga_inner" in args.parts:
-        row("sga_inner", args.minibatch, core_sga(model, pixels, args.minibatch, args.outer_batch, precision),
-            core_sga(model, pixels, args.minibatch, args.outer_batch, precision, True) if compile else None,
-            floor_gradient(model, args.minibatch, size, precision), usual_way(model, pixels, args.minibatch, size))
+        eager_sga = core_sga(model, pixels, args.minibatch, args.outer_batch, precision)
+        compiled_sga = core_sga(model, pixels, args.minibatch, args.outer_batch, precision, True) if compile else None
+        floor_sga = floor_gradient(model, args.minibatch, size, precision)
+        row("sga_inner", args.minibatch, eager_sga, compiled_sga, floor_sga,
+            usual_way(model, pixels, args.minibatch, size))
+        if name in args.profile:
+            profiles = [("core sga step, eager", eager_sga), ("floor, 40 forward+backward a call", lambda: sum(floor_sga()
+                                                                                            for _ in range(40)))]
+            profiles += [("core sga step, compiled", compiled_sga)] if compiled_sga else []
+            for title, work in profiles:
+                print(profile_step(f"{name} {title}", work, device), flush=True)
     if "sgd_step" in args.parts:
         row("sgd_step", args.sgd_batch, core_sgd(model, pixels, args.sgd_batch, precision),
             core_sgd(model, pixels, args.sgd_batch, precision, True) if compile else None,
@@ -219,6 +245,17 @@ def best(r: dict) -> float:
     return max(r["core"], r["compiled"]) if r["compiled"] == r["compiled"] else r["core"]
 
 
+def markdown_table(rows: list[dict], heading: str) -> str:
+    """The table as Markdown (for bench/README.md), under a line naming the device and settings."""
+    lines = [heading, "", "| model | part | batch | core img/s | compiled | floor img/s | usual img/s | best/floor |"
+             " best/usual |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['part']} | {r['batch']} | {r['core']:.1f} | {r['compiled']:.1f} | "
+                     f"{r['floor']:.1f} | {r['baseline']:.1f} | {best(r) / r['floor']:.2f} | "
+                     f"{best(r) / r['baseline']:.2f} |")
+    return "\n".join(lines).replace("| nan |", "| – |") + "\n"
+
+
 def format_row(r: dict) -> str:
     return (f"{r['model']:<20} {r['part']:<11} {r['batch']:>5} {r['core']:>11.1f} {r['compiled']:>9.1f} "
             f"{r['floor']:>12.1f} {r['baseline']:>12.1f} {best(r) / r['floor']:>10.2f} {best(r) / r['baseline']:>10.2f}")
@@ -226,9 +263,9 @@ def format_row(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50", "efficientnet_lite0"],
-                        help=f"models of the registry (default: vgg16 resnet50 efficientnet_lite0); any of "
-                             f"{', '.join(model_names())}")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help=f"models of the registry (default: vgg16 resnet50 efficientnet_lite0, and resnet152 on "
+                             f"CUDA); any of {', '.join(model_names())}")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="the core's and the floor's precision (auto: bf16 on CUDA, fp32 on the CPU)")
@@ -246,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                         help="also measure the compiled step (auto: on CUDA, where it runs as CUDA graphs)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown to this file")
+    parser.add_argument("--profile", nargs="*", default=[], metavar="MODEL",
+                        help="print torch.profiler's table of SGA's step (eager, compiled) and of the floor for these "
+                             "models")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -255,24 +296,32 @@ def main(argv: list[str] | None = None) -> int:
     args.eval_batch = args.eval_batch or (128 if gpu else 16)
     args.eval_images = args.eval_images or (1024 if gpu else 32)
     args.seconds = args.seconds if args.seconds is not None else (3.0 if gpu else 4.0)
+    args.models = args.models or ["vgg16", "resnet50"] + (["resnet152"] if gpu else []) + ["efficientnet_lite0"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; precision {choose_precision(args.precision, device)}; "
-          f"compiled column: {'on' if choose_compile(args.compile, device) else 'off'}; torch {torch.__version__}; "
-          f"random weights (speed does not depend on them)")
-    print(f"sga_inner: B {args.outer_batch}, m {args.minibatch}, K 4; sgd_step: B {args.sgd_batch}; "
-          f"evaluation: {args.eval_images} images in batches of {args.eval_batch}\n")
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU ({platform.processor() or platform.machine()}), " \
+                                                            f"{torch.get_num_threads()} threads"
+    heading = (f"device: {name}; precision {choose_precision(args.precision, device)}; "
+               f"compiled column: {'on' if choose_compile(args.compile, device) else 'off'}; torch {torch.__version__}; "
+               f"random weights (speed does not depend on them)\n"
+               f"sga_inner: B {args.outer_batch}, m {args.minibatch}, K 4; sgd_step: B {args.sgd_batch}; "
+               f"evaluation: {args.eval_images} images in batches of {args.eval_batch}; {args.seconds:g} s a cell")
+    print(heading + "\n")
     print(HEADER)
     rows = []
     for model_name in args.models:
         rows += bench_model(model_name, device, args)
     print()
+    predictions = []
     for r in rows:
         if r["part"] == "sga_inner":
             minutes = PUBLISHED_SGA_IMAGE_GRADIENTS / best(r) / 60
-            print(f"published SGA run (10k images, 20 epochs, K 4, m {r['batch']}) on {r['model']}: "
-                  f"{minutes:,.1f} min at {best(r):.0f} image-gradients/s")
+            predictions.append(f"published SGA run (10k images, 20 epochs, K 4, m {r['batch']}) on {r['model']}: "
+                               f"{minutes:,.1f} min at {best(r):.0f} image-gradients/s")
+    print("\n".join(predictions))
+    if args.markdown:
+        text = markdown_table(rows, heading.replace("\n", "; ")) + "\n" + "".join(f"- {p}\n" for p in predictions)
+        args.markdown.write_text(text)
     return 0
 
 

@@ -16,7 +16,8 @@ def test_registry_lists_every_required_model_with_a_state():
                  "vit_b_16", "cifar_resnet20", "cifar_resnet56"):
         assert name in statuses
         assert statuses[name].state in ("available", "needs download", "needs package", "needs weights file")
-    assert statuses["efficientnet_lite0"].available
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):  # requirements.txt installs them
+        assert statuses[name].available, statuses[name].detail
     lite0 = statuses["efficientnet_lite0"].spec
     assert (lite0.input_size, lite0.resize_size) == (224, 256)
     assert lite0.mean == pytest.approx((127 / 255,) * 3) and lite0.std == pytest.approx((128 / 255,) * 3)
@@ -33,6 +34,19 @@ def test_lite0_classifies_the_embedded_samples(lite0):
     predicted = predict_labels(lite0, samples.pixels[known])
     correct = int((predicted == samples.labels[known]).sum())
     assert correct >= 15, f"only {correct}/20 right"
+
+
+@pytest.mark.parametrize("name, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_lite1_and_lite2_load_offline_and_classify_the_samples(name, size):
+    """The other offline models (their weights come with requirements.txt): ≥ 15 of the 20 labelled samples right
+    at their own input size."""
+    model = models.load_model(name, "cpu")
+    assert model.spec.input_size == size
+    samples = load_samples(size, model.spec.resize_size)
+    known = samples.labels >= 0
+    predicted = predict_labels(model, samples.pixels[known])
+    correct = int((predicted == samples.labels[known]).sum())
+    assert correct >= 15, f"{name}: only {correct}/20 right"
 
 
 def test_lite0_normalisation_is_tf_style(lite0):

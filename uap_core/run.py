@@ -271,7 +271,7 @@ class Run:
         if cfg.holdout_views:
             self.holdout_set = self.holdout_set.augmented(cfg.holdout_views, cfg.seed + 1)
         self.images = images
-        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # on the CPU: the same draws on every device
         self.fit_pixels = self.fit_set.pixels.to(device)
         self.holdout_pixels = self.holdout_set.pixels.to(device)
         self.fit_clean = predict_labels(self.model, self.fit_pixels, None, self.precision)
@@ -396,11 +396,14 @@ class Run:
         yield RunEvent("done", step, epoch, elapsed(), self.result.summary())
 
     def _step_with_backoff(self, batch: torch.Tensor) -> dict[str, Any]:
-        """One algorithm step; on out-of-memory halve the chunk of images per forward and retry (down to 1)."""
+        """One algorithm step; on out-of-memory halve the chunk of images per forward and retry (down to 1). The
+        retry draws the same random mini-batches (the generator is rewound), so it makes the step it would have made."""
+        draws = self.generator.get_state()
         while True:
             try:
                 return self.algorithm.step(batch)
             except torch.OutOfMemoryError:
+                self.generator.set_state(draws)
                 current = self.algorithm.chunk_size or len(batch)
                 if current <= 1:
                     raise

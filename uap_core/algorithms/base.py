@@ -28,7 +28,8 @@ class AttackSetup:
 
     pixels: (N, 3, H, W) uint8 fit images on the model's device; clean_labels: (N,) int64, k(x) on the same device.
     eps: budget in pixel units (10/255); norm: "linf" | "l2"; target: class index for a targeted attack, else None.
-    generator: seeded torch.Generator on the device (batch order, inner sampling).
+    generator: seeded torch.Generator on the CPU (batch order, inner sampling): the same seed draws the same
+    images on every device, so a CUDA run follows the CPU run's batches (the indices are copied to the device).
     precision: "fp32" | "bf16" | "fp16": the dtype of the model's forward/backward (δ and gradients stay fp32).
     compile: capture the forward + backward of :meth:`UAPAlgorithm.gradient` with ``torch.compile`` (on CUDA in
     ``mode="reduce-overhead"``: CUDA graphs, which remove the launch overhead of small batches). Falls back to
@@ -80,10 +81,15 @@ class UAPAlgorithm:
     def batch_size(self) -> int:
         return min(int(self.params.batch_size), self.num_images)
 
+    def permutation(self, n: int) -> torch.Tensor:
+        """A random permutation of 0..n-1 (n,) int64 on the device, drawn from the seeded generator (on the CPU:
+        the same draws on every device; the copy to a GPU is asynchronous and waits for nothing)."""
+        generator = self.setup.generator
+        return torch.randperm(n, generator=generator, device=generator.device).to(self.device, non_blocking=True)
+
     def epoch_batches(self) -> list[torch.Tensor]:
-        """One epoch's shuffled mini-batches of fit-image indices (on the device, no host copy)."""
-        order = torch.randperm(self.num_images, generator=self.setup.generator, device=self.device)
-        return list(order.split(self.batch_size()))
+        """One epoch's shuffled mini-batches of fit-image indices (on the device)."""
+        return list(self.permutation(self.num_images).split(self.batch_size()))
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) float in [0, 1] from the uint8 fit images."""

@@ -50,7 +50,7 @@ class SGA(UAPAlgorithm):
 
         d_in = self.delta.clone()
         for j in range(inner_steps):
-            pick = torch.randperm(len(indices), generator=self.setup.generator, device=self.device)[:m]
+            pick = self.permutation(len(indices))[:m]
             g, batch_loss, batch_fooled = self.gradient(indices[pick], d_in)
             d_in = self.apply(d_in, g, use_momentum=False)
             inner_gradients[j] = g
