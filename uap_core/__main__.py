@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--input-size", default=None, help="override the model's input size (pixels)")
     generate.add_argument("--weights", default=None, help="a local weights file for the model")
     generate.add_argument("--max-seconds", default=None, help="stop after this many seconds (keeps the best δ)")
+    generate.add_argument("--max-image-gradients", default=None,
+                          help="a fair budget across methods: stop once the steps cost this many image-gradients "
+                               "(forward + backward over one image); without --epochs, as many epochs as it takes")
     generate.add_argument("--out", default="uaps", help="folder for the .safetensors/.json/.png artifact")
     generate.add_argument("--name", default=None, help="artifact name (default: model_algorithm_norm_eps_seed)")
     generate.add_argument("--json", action="store_true", help="print one final JSON object on stdout")
@@ -143,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                        precision=args.precision, input_size=args.input_size, weights=args.weights,
                        max_seconds=args.max_seconds, augment=args.augment,
                        holdout_views=args.holdout_views, keep=args.keep,
-                       compile=args.compile)
+                       compile=args.compile, max_image_gradients=args.max_image_gradients)
     run = Run(config)
     bar = None
     interactive = sys.stderr.isatty() and not args.json

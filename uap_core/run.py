@@ -25,7 +25,7 @@ import torch
 from . import metrics
 from .algorithms import AttackSetup, UAPAlgorithm, get_algorithm
 from .errors import ParameterError
-from .evaluation import Evaluation, evaluate, predict_labels, predict_top1
+from .evaluation import Evaluation, evaluate, predict_labels, predict_logits, predict_top1
 from .images import ImageSet, load_images
 from .models import Classifier, get_spec, load_model, resolve_device
 from .params import check_range, parse_number, parse_params
@@ -50,7 +50,11 @@ class RunConfig:
     every held-out image instead of the image itself (0: off): finer, steadier fooling ratios from a handful of
     held-out photos. The views are drawn after the split, so no photo is on both sides.
     keep: which δ the run returns: "best" — the highest fit-set fooling ratio at the evaluations (never chosen on
-    held-out images) — or "last", the final δ (skips the fit-set evaluations: cheaper for short runs).
+    held-out images) — or "last", the final δ (skips the fit-set evaluations: cheaper for short runs). A data-free
+    method always keeps its last δ: picking the best would read the fit images it must not see.
+    max_image_gradients: a fair budget across methods — stop once the steps have cost this many image-gradients
+    (forward + input-gradient backward passes over single images; see ``UAPAlgorithm.image_gradients_per_step``).
+    Without ``epochs``, a budget runs as many epochs as it needs.
     compile: capture SGA's and SGD-UAP's gradient step with torch.compile — on CUDA as CUDA graphs — "on",
     "off", or "auto" (on for CUDA, off on the CPU, where compiling costs about a minute and needs a C++ compiler).
     """
@@ -76,6 +80,7 @@ class RunConfig:
     holdout_views: int = 0
     keep: str = "best"
     compile: str = "auto"
+    max_image_gradients: int | None = None
 
     def validated(self) -> "RunConfig":
         """A copy with eps parsed and every field checked; ParameterError names the allowed range."""
@@ -99,7 +104,7 @@ class RunConfig:
                 raise ParameterError(f"{cfg.algorithm} is untargeted only; leave the target class empty")
             cfg.target = int(parse_number(cfg.target, "target"))
             check_range("target class", cfg.target, 0, spec.num_classes - 1)
-        for name in ("fit", "holdout", "epochs", "eval_every", "input_size"):
+        for name in ("fit", "holdout", "epochs", "eval_every", "input_size", "max_image_gradients"):
             value = getattr(cfg, name)
             if value is not None:
                 number = parse_number(value, name)
@@ -150,7 +155,7 @@ class RunResult:
     random_evaluation: Evaluation
     steps: int
     seconds: float
-    reason: str  # "completed" | "converged" | "stopped" | "time limit" | "out of memory"
+    reason: str  # "completed" | "converged" | "stopped" | "time limit" | "budget" | "out of memory"
     history: list[dict[str, Any]]
     info: dict[str, Any]
 
@@ -169,6 +174,7 @@ class RunResult:
             "heldout_images": self.evaluation.count, "fit_images": self.info["fit_images"],
             "linf": self.delta.abs().max().item(), "l2": self.delta.norm().item(),
             "steps": self.steps, "best_step": self.best_step, "seconds": self.seconds, "reason": self.reason,
+            "image_gradients": self.info.get("image_gradients", 0),
             "device": self.info["device"], "precision": self.info["precision"],
         }
 
@@ -272,21 +278,35 @@ class Run:
             self.holdout_set = self.holdout_set.augmented(cfg.holdout_views, cfg.seed + 1)
         self.images = images
         self.generator = torch.Generator().manual_seed(cfg.seed)  # on the CPU: the same draws on every device
-        self.fit_pixels = self.fit_set.pixels.to(device)
-        self.holdout_pixels = self.holdout_set.pixels.to(device)
-        self.fit_clean = predict_labels(self.model, self.fit_pixels, None, self.precision)
-        self.holdout_clean, self.holdout_clean_confidence = predict_top1(self.model, self.holdout_pixels, None,
-                                                                         self.precision)
         algorithm_class = get_algorithm(cfg.algorithm)
         params = parse_params(algorithm_class.Params, cfg.params)
+        data_free = algorithm_class.is_data_free(params)
+        # a data-free method is handed no fit images at all (only their shape)
+        fit_pixels = self.fit_set.pixels[:0] if data_free else self.fit_set.pixels
+        self.fit_pixels = fit_pixels.to(device)
+        self.holdout_pixels = self.holdout_set.pixels.to(device)
+        fit_logits = predict_logits(self.model, self.fit_pixels, None, self.precision)
+        self.fit_clean = fit_logits.argmax(1)
+        self.holdout_clean, self.holdout_clean_confidence = predict_top1(self.model, self.holdout_pixels, None,
+                                                                         self.precision)
         setup = AttackSetup(self.model, self.fit_pixels, self.fit_clean, cfg.eps, cfg.norm, cfg.target,
-                            self.generator, self.precision, choose_compile(cfg.compile, device))
+                            self.generator, self.precision, choose_compile(cfg.compile, device),
+                            clean_logits=fit_logits if algorithm_class.uses_clean_logits else None)
+        del fit_logits
         self.algorithm = algorithm_class(setup, params)
         self.params = params
-        self.epochs = cfg.epochs or algorithm_class.default_epochs
-        self.steps_per_epoch = math.ceil(len(self.fit_set) / self.algorithm.batch_size())
+        self.steps_per_epoch = self.algorithm.steps_per_epoch()
+        budget_steps = None
+        if cfg.max_image_gradients is not None:
+            budget_steps = math.ceil(cfg.max_image_gradients / max(1, self.algorithm.image_gradients_per_step()))
+        if cfg.epochs is None and budget_steps is not None:
+            self.epochs = math.ceil(budget_steps / self.steps_per_epoch)
+        else:
+            self.epochs = cfg.epochs or algorithm_class.default_epochs
         total = self.epochs * self.steps_per_epoch
-        self.eval_every = cfg.eval_every or max(1, total // 20)
+        self.total_steps = min(total, budget_steps) if budget_steps is not None else total
+        self.keep_best = cfg.keep == "best" and not data_free
+        self.eval_every = cfg.eval_every or max(1, self.total_steps // 20)
         noise_generator = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
         self.random_delta = metrics.random_perturbation(self.fit_pixels.shape[1:], cfg.eps, cfg.norm, noise_generator,
                                                         device)
@@ -313,7 +333,8 @@ class Run:
         clean_eval_accuracy = metrics.accuracy(self.holdout_clean.cpu(), self.holdout_set.labels)
         info = {
             "device": str(self.device), "precision": self.precision, "compiled": self.algorithm.compiled,
-            "fit_images": len(self.fit_set),
+            "algorithm_family": self.algorithm.family, "keep": "best" if self.keep_best else "last",
+            "fit_images": len(self.fit_pixels),  # 0 for a data-free method
             "heldout_images": len(self.holdout_set), "image_source": self.images.source,
             "skipped_images": [dataclasses.asdict(s) for s in self.images.skipped],
             "input_size": list(self.fit_pixels.shape[2:]), "epochs": self.epochs,
@@ -323,20 +344,20 @@ class Run:
         }
         history: list[dict[str, Any]] = []
         start_event = RunEvent("start", 0, 0, elapsed(), {
-            **info, "total_steps": self.epochs * self.steps_per_epoch,
+            **info, "total_steps": self.total_steps,
             "random_fooling_ratio": random_eval.fooling_ratio, "clean_accuracy": clean_eval_accuracy})
         history.append(start_event.as_dict())
         yield start_event
 
         best = {"fit_fooling_ratio": -1.0, "delta": self.algorithm.delta.clone(), "step": 0}
-        step, epoch, reason = 0, 0, "completed"
+        step, epoch, reason, spent = 0, 0, "completed", 0
         last_eval_step, last_held_out = -1, None
 
         def evaluation_event() -> RunEvent:
             nonlocal last_eval_step, last_held_out
             delta = self.algorithm.delta
             held_out = self._evaluate_holdout(delta)
-            if cfg.keep == "best":
+            if self.keep_best:
                 fit_ratio = self._fit_fooling_ratio(delta)
                 is_best = fit_ratio > best["fit_fooling_ratio"]
             else:
@@ -358,9 +379,14 @@ class Run:
                     if cfg.max_seconds is not None and elapsed() > cfg.max_seconds:
                         reason = "time limit"
                         break
+                    if cfg.max_image_gradients is not None and spent >= cfg.max_image_gradients:
+                        reason = "budget"
+                        break
                     step_started = time.perf_counter()
                     stats = self._step_with_backoff(batch)
                     step += 1
+                    spent += int(stats["image_gradients"])
+                    stats["image_gradients_total"] = spent
                     seconds = time.perf_counter() - step_started
                     stats["images_per_second"] = stats["image_gradients"] / seconds if seconds > 0 else float("nan")
                     stats["step_seconds"] = seconds
@@ -385,6 +411,7 @@ class Run:
             event = evaluation_event()
             history.append(event.as_dict())
             yield event
+        info["image_gradients"] = spent
         if self.algorithm.compile_error:
             info.update(compiled=False, compile_error=self.algorithm.compile_error)
         best_delta = best["delta"]

@@ -9,6 +9,7 @@ pixel units on the model's device; the perturbed image is clamp(x + δ, 0, 1).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -30,6 +31,8 @@ class AttackSetup:
     eps: budget in pixel units (10/255); norm: "linf" | "l2"; target: class index for a targeted attack, else None.
     generator: seeded torch.Generator on the CPU (batch order, inner sampling): the same seed draws the same
     images on every device, so a CUDA run follows the CPU run's batches (the indices are copied to the device).
+    clean_logits: (N, C) fp32 f(x) of the fit images, on the device — only for methods that declare
+    ``uses_clean_logits`` (e.g. Cos-UAP's cosine to the clean logit vector), else None.
     precision: "fp32" | "bf16" | "fp16": the dtype of the model's forward/backward (δ and gradients stay fp32).
     compile: capture the forward + backward of :meth:`UAPAlgorithm.gradient` with ``torch.compile`` (on CUDA in
     ``mode="reduce-overhead"``: CUDA graphs, which remove the launch overhead of small batches). Falls back to
@@ -45,17 +48,32 @@ class AttackSetup:
     generator: torch.Generator
     precision: str = "fp32"
     compile: bool = False
+    clean_logits: torch.Tensor | None = None
+
+
+FAMILIES = ("data-driven", "data-free", "generative")
 
 
 class UAPAlgorithm:
-    """Base class: one instance is one attack in progress; ``delta`` is its current perturbation."""
+    """Base class: one instance is one attack in progress; ``delta`` is its current perturbation.
+
+    family: "data-driven" (fits δ on the fit images), "data-free" (never reads them: :class:`uap_core.run.Run`
+    hands such a method no fit images at all, and keeps its last δ, since picking the best would need them) or
+    "generative" (trains a generator whose output is δ). summary: one line of what the method does; paper: its
+    citation (both shown by the UI's method picker).
+    """
 
     name: ClassVar[str]
     title: ClassVar[str]
     Params: ClassVar[type]
+    family: ClassVar[str] = "data-driven"
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
     supports_targeted: ClassVar[bool] = True
     default_epochs: ClassVar[int] = 20
     uses_gradient_step: ClassVar[bool] = True  # steps through :meth:`gradient` (what ``compile`` captures)
+    uses_clean_logits: ClassVar[bool] = False  # needs AttackSetup.clean_logits
+    takes_sign_steps: ClassVar[bool] = True  # δ moves by quantised sign steps (quantisation error is reported)
 
     def __init__(self, setup: AttackSetup, params) -> None:
         self.setup = setup
@@ -78,8 +96,22 @@ class UAPAlgorithm:
     def num_images(self) -> int:
         return self.setup.pixels.shape[0]
 
+    @classmethod
+    def is_data_free(cls, params=None) -> bool:
+        """True when this method, with these params, reads no fit images (GD-UAP: unless its prior is "data")."""
+        return cls.family == "data-free"
+
     def batch_size(self) -> int:
         return min(int(self.params.batch_size), self.num_images)
+
+    def steps_per_epoch(self) -> int:
+        """Updates of δ per epoch (one per batch of fit images; a data-free method defines its own)."""
+        return math.ceil(self.num_images / self.batch_size())
+
+    def image_gradients_per_step(self) -> int:
+        """Forward + input-gradient backward passes over single images that one step costs (the unit of a fair
+        budget: ``RunConfig.max_image_gradients``). Default: one per image of the batch."""
+        return self.batch_size()
 
     def permutation(self, n: int) -> torch.Tensor:
         """A random permutation of 0..n-1 (n,) int64 on the device, drawn from the seeded generator (on the CPU:
@@ -99,7 +131,8 @@ class UAPAlgorithm:
     def autocast(self):
         return autocast(self.device, self.setup.precision)
 
-    def loss_per_image(self, logits: torch.Tensor, clean_labels: torch.Tensor) -> torch.Tensor:
+    def loss_per_image(self, logits: torch.Tensor, clean_labels: torch.Tensor,
+                       clean_logits: torch.Tensor | None = None) -> torch.Tensor:
         """The quantity ascended, per image (n,). Untargeted: min(CE(f(x+δ), k(x)), beta) — the clamped CE of
         the papers — or, with loss="logit", the negative logit of the clean label. Targeted: -CE(f(x+δ), target)
         (or the target's logit)."""
@@ -113,17 +146,19 @@ class UAPAlgorithm:
             return -logits.gather(1, clean_labels[:, None])[:, 0]
         return F.cross_entropy(logits, clean_labels, reduction="none").clamp(max=self.params.beta)
 
-    def loss_and_fooled(self, pixels: torch.Tensor, delta: torch.Tensor,
-                        clean_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_and_fooled(self, pixels: torch.Tensor, delta: torch.Tensor, clean_labels: torch.Tensor,
+                        clean_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The differentiable part of a step, the one a compiler captures: per-image loss (n,) fp32 of
         clamp(pixels / 255 + δ, 0, 1) and the number of those images fooled (0-d int64).
 
-        pixels: (n, 3, H, W) uint8; delta: (3, H, W) fp32 (a leaf that requires grad); clean_labels: (n,) k(x).
+        pixels: (n, 3, H, W) uint8; delta: (3, H, W) fp32 (a leaf that requires grad); clean_labels: (n,) k(x);
+        clean_logits: (n, C) f(x) where the method uses them, else None.
         """
         x = (pixels.float() / 255 + delta).clamp(0, 1).contiguous(memory_format=torch.channels_last)
         with self.autocast():
             logits = self.model(x)
-        return self.loss_per_image(logits, clean_labels), self.fooled(logits.detach(), clean_labels)
+        return (self.loss_per_image(logits, clean_labels, clean_logits),
+                self.fooled(logits.detach(), clean_labels))
 
     def gradient(self, indices: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """g = d/dδ mean_i loss(f(clamp(x_i + δ))) over ``indices``, in fp32.
@@ -144,11 +179,13 @@ class UAPAlgorithm:
 
     def _chunk_gradient(self, chunk: torch.Tensor, delta: torch.Tensor):
         pixels, clean_labels = self.setup.pixels[chunk], self.setup.clean_labels[chunk]
+        clean_logits = self.setup.clean_logits[chunk] if self.uses_clean_logits else None
         if self._compiled is not None:
             try:
                 if self.device.type == "cuda":
                     torch.compiler.cudagraph_mark_step_begin()  # the outputs of the last replay are consumed
-                grad, losses, fooled = self._gradient_through(self._compiled, pixels, delta, clean_labels)
+                grad, losses, fooled = self._gradient_through(self._compiled, pixels, delta, clean_labels,
+                                                              clean_logits)
                 return grad.clone(), losses.clone(), fooled.clone()  # out of the CUDA graph's memory pool
             except torch.OutOfMemoryError:
                 raise
@@ -156,12 +193,13 @@ class UAPAlgorithm:
                 self.compile_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 self._compiled = None
                 log.warning("torch.compile failed, running eager from now on: %s", self.compile_error)
-        return self._gradient_through(self.loss_and_fooled, pixels, delta, clean_labels)
+        return self._gradient_through(self.loss_and_fooled, pixels, delta, clean_labels, clean_logits)
 
     @staticmethod
-    def _gradient_through(forward: Callable, pixels: torch.Tensor, delta: torch.Tensor, clean_labels: torch.Tensor):
+    def _gradient_through(forward: Callable, pixels: torch.Tensor, delta: torch.Tensor, clean_labels: torch.Tensor,
+                          clean_logits: torch.Tensor | None = None):
         leaf = delta.detach().requires_grad_(True)
-        losses, fooled = forward(pixels, leaf, clean_labels)
+        losses, fooled = forward(pixels, leaf, clean_labels, clean_logits)
         (grad,) = torch.autograd.grad(losses.sum(), leaf)
         return grad, losses.detach(), fooled
 
@@ -203,9 +241,10 @@ class UAPAlgorithm:
 
     def update_statistics(self, gradient: torch.Tensor) -> dict[str, float]:
         """Stability statistics of the gradient that was turned into this update (docs: Metrics)."""
+        sign_steps = self.setup.norm == "linf" and self.takes_sign_steps
         stats = {
             "grad_cosine": float("nan"), "sign_flip_rate": float("nan"),
-            "quantisation_error": metrics.quantisation_error(gradient) if self.setup.norm == "linf" else float("nan"),
+            "quantisation_error": metrics.quantisation_error(gradient) if sign_steps else float("nan"),
         }
         if self.previous_gradient is not None:
             stats["grad_cosine"] = metrics.cosine(gradient, self.previous_gradient)

@@ -39,7 +39,13 @@ class SGAParams:
 class SGA(UAPAlgorithm):
     name = "sga"
     title = "SGA (stochastic gradient aggregation, Liu et al. 2023)"
+    summary = "Small-batch inner pre-search; the inner gradients are averaged before one sign step."
+    paper = "Liu et al., Enhancing Generalization of UAP through Gradient Aggregation, ICCV 2023"
     Params = SGAParams
+
+    def image_gradients_per_step(self) -> int:
+        m = min(int(self.params.minibatch_size), self.batch_size())
+        return max(1, self.params.inner_passes * self.batch_size() // m) * m
 
     def step(self, indices: torch.Tensor) -> dict[str, float]:
         m = min(int(self.params.minibatch_size), len(indices))

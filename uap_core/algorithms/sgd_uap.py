@@ -30,6 +30,8 @@ class SGDUAPParams:
 class SGDUAP(UAPAlgorithm):
     name = "sgd_uap"
     title = "SGD-UAP (stochastic projected gradient ascent)"
+    summary = "One sign step of the clamped cross-entropy's gradient per batch of images."
+    paper = "Shafahi et al., AAAI 2020; Mummadi et al., ICCV 2019"
     Params = SGDUAPParams
 
     def step(self, indices: torch.Tensor) -> dict[str, float]:

@@ -40,6 +40,8 @@ class UAPParams:
 class UAP(UAPAlgorithm):
     name = "uap"
     title = "UAP (DeepFool accumulation, Moosavi-Dezfooli et al. 2017)"
+    summary = "Adds each not-yet-fooled image's minimal DeepFool perturbation, projected onto the budget."
+    paper = "Moosavi-Dezfooli et al., Universal adversarial perturbations, CVPR 2017"
     Params = UAPParams
     uses_gradient_step = False  # DeepFool per image: data-dependent, nothing to compile
     supports_targeted = False
