@@ -15,7 +15,7 @@ from uap_core.presets import demo_config
 from uap_ui import runview, widgets
 from uap_ui.jobs import Workspace
 from uap_ui.session import current_workspace, setup_page
-from uap_ui.widgets import ImageChoice
+from uap_ui.widgets import SAMPLES_CHOICE
 
 EXPLAINER = Path(__file__).resolve().parent / "uap_ui" / "assets" / "explainer.png"
 
@@ -59,7 +59,7 @@ clicked = left.button("Run the demo", type="primary", key="demo_start", icon=":m
 right.button("Stop", key="demo_stop", icon=":material/stop:", on_click=stop_demo, args=(workspace,),
              disabled=not demo_running, width="stretch")
 if clicked:
-    job = runview.start_run(config, ImageChoice("samples", "samples"), kind="demo")
+    job = runview.start_run(config, SAMPLES_CHOICE, kind="demo")
     if job is not None:
         workspace.set_demo(job)
         st.rerun()  # redraw the buttons (Stop enabled) and start polling

@@ -7,13 +7,14 @@ import streamlit as st
 import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 
 from uap_core.algorithms import ALGORITHMS
+from uap_core.presets import RACE_BUDGET, race_config
 from uap_core.run import COMPILE, KEEP, PRECISIONS, RunConfig
-from uap_ui import runview, widgets
-from uap_ui.jobs import Workspace, run_label
+from uap_ui import charts, runview, widgets
+from uap_ui.jobs import Workspace, run_label, short_algorithm_name
 from uap_ui.session import current_workspace, setup_page
 
-MAX_RUNNING = 3
-RACE = ("sga", "sgd_uap")  # the SGA paper's central comparison
+MAX_RUNNING = 4
+RACE_DEFAULT = ["sga", "sgd_uap"]  # the SGA paper's central comparison
 SHARED_PARAMS = ("batch_size", "step_size", "beta", "momentum", "loss")
 
 workspace = setup_page("Generate")
@@ -35,11 +36,12 @@ with st.container(border=True):
         model_ok = widgets.model_ready(status, "gen_model")
         choice = widgets.image_source_picker("gen")
     with col_method:
-        algorithm = st.selectbox("Algorithm", list(ALGORITHMS), key="gen_algorithm", persist_state="session",
-                                 format_func=lambda a: ALGORITHMS[a].title,
-                                 help="SGA: small-batch inner steps whose gradients are aggregated before one sign "
-                                      "step. SGD-UAP: one sign step per mini-batch (the SGA paper's baseline). "
-                                      "UAP: the original DeepFool accumulation (slow).")
+        algorithm = st.selectbox("Algorithm", widgets.methods_in_groups(), key="gen_algorithm",
+                                 persist_state="session", format_func=widgets.method_label,
+                                 help="Data-driven methods fit δ on images; data-free ones never see an image "
+                                      "(held-out images still measure them); generative ones train a network "
+                                      "whose output is δ.")
+        st.caption(widgets.method_caption(algorithm))
         norm = st.radio("Norm", ["linf", "l2"], key="gen_norm", horizontal=True, persist_state="session",
                         format_func={"linf": "L∞", "l2": "L2"}.get)
         eps_255 = widgets.eps_input("gen", norm)
@@ -78,7 +80,7 @@ with st.container(border=True):
                                     help="torch.compile of the SGA / SGD-UAP gradient step; on a GPU it runs as "
                                          "CUDA graphs. auto: on for CUDA, off on the CPU (compiling takes about "
                                          "a minute there).")
-        c9, c10, _, _ = st.columns(4)
+        c9, c10, c11, _ = st.columns(4)
         augment = c9.number_input("Fit on n crops of each image (0 = off)", min_value=0, max_value=64, value=0,
                                   step=1, key="gen_augment", persist_state="session",
                                   help="Random crop + flip views of every fit image instead of the image: for a "
@@ -87,24 +89,46 @@ with st.container(border=True):
                                          max_value=64, value=0, step=1, key="gen_holdout_views",
                                          persist_state="session",
                                          help="Finer, steadier fooling ratios from a handful of held-out photos.")
+        budget = c11.number_input("Budget, image-gradients (0 = by epochs)", min_value=0, value=0, step=100,
+                                  key="gen_budget", persist_state="session",
+                                  help="Stop once the steps have cost this many forward + backward passes over "
+                                       "single images: equal budgets compare methods at equal cost.")
 
     def config_for(method: str, method_params: dict) -> RunConfig:
         return RunConfig(
             model=status.spec.name, algorithm=method, eps=eps_255 / 255, norm=norm, target=target,
             images=choice.source if choice.kind != "upload" else "uploads", fit=fit or None, seed=int(seed),
-            device=device, epochs=int(epochs), params=method_params,
+            device=device, epochs=None if budget else int(epochs), params=method_params,
             eval_every=eval_every or None, precision=precision, input_size=input_size or None,
             max_seconds=max_seconds or None, keep=keep, compile=compile_mode, augment=int(augment),
-            holdout_views=int(holdout_views))
+            holdout_views=int(holdout_views), max_image_gradients=int(budget) or None)
+
+    with st.expander("Race methods", expanded=False):
+        r1, r2 = st.columns([3, 2])
+        race_methods = r1.multiselect("Methods to race (2–4)", widgets.methods_in_groups(), default=RACE_DEFAULT,
+                                      max_selections=4, key="gen_race_methods", format_func=widgets.method_label,
+                                      persist_state="session")
+        race_preset = r2.toggle("Classroom race preset", value=True, key="gen_race_preset", persist_state="session",
+                                help="EfficientNet-Lite0 on the embedded photos (fitted on crops, measured on crops of "
+                                     f"held-out photos), {RACE_BUDGET} image-gradients each. Off: the form's "
+                                     "model, images and settings, with the budget above if set.")
+        st.caption(
+            "A race starts the methods on the same images, seed and eps, each with the same budget of "
+            "image-gradients, and draws them on one set of charts against image-gradients spent: which method "
+            "gets further for the same cost. With the preset it shows, within about two minutes on a laptop, "
+            "how the methods' fooling ratios and gradient stability differ; it cannot rank them as the papers "
+            "do — 12 held-out photos (48 crops) resolve differences of a few points only, and the papers fit on "
+            "10,000 images and measure on 50,000.")
 
     running = workspace.running()
     b1, b2, b3, b4 = st.columns(4)
     start = b1.button("Start", type="primary", key="gen_start", icon=":material/play_arrow:",
                       disabled=not model_ok or len(running) >= MAX_RUNNING, width="stretch")
-    race = b2.button("Race SGA vs SGD-UAP", key="gen_race", icon=":material/compare_arrows:",
-                     disabled=not model_ok or len(running) + 2 > MAX_RUNNING, width="stretch",
-                     help="Start both on the same images, seed and eps (shared hyperparameters taken from the "
-                          "form): the paper's central comparison, live on the same axes.")
+    race_label = " vs ".join(short_algorithm_name(m) for m in race_methods) if race_methods else "methods"
+    race = b2.button(f"Race {race_label}", key="gen_race", icon=":material/compare_arrows:",
+                     disabled=(not (2 <= len(race_methods) <= 4) or len(running) + len(race_methods) > MAX_RUNNING
+                               or not (model_ok or race_preset)), width="stretch",
+                     help="Start the chosen methods side by side (see Race methods above).")
     b3.button("Stop", key="gen_stop", icon=":material/stop:", on_click=stop_runs, args=(workspace,),
               disabled=not running, width="stretch", help="Ends the runs after their current step; each keeps "
                                                           "its kept δ so far.")
@@ -116,20 +140,20 @@ with st.container(border=True):
         if job is not None:
             workspace.add_run(job)
             st.rerun()  # redraw the buttons (Stop enabled) and start polling
-    if race and model_ok:
-        for method in RACE:
-            if method == algorithm:
-                method_params = params
-            elif algorithm in RACE:  # the other method of the pair: same batch, step, loss
-                method_params = {k: v for k, v in params.items() if k in SHARED_PARAMS}
+    if race:
+        for method in race_methods:
+            if race_preset:
+                config, source = race_config(method, device, int(seed)), widgets.SAMPLES_CHOICE
             else:
-                method_params = {}
-            job = runview.start_run(config_for(method, method_params), choice,
-                                    label=run_label(method, status.spec.name, int(seed)) + " (race)")
+                allowed = {f["name"] for f in widgets.method_fields(method)}
+                shared = params if method == algorithm else {k: v for k, v in params.items() if k in SHARED_PARAMS}
+                config, source = config_for(method, {k: v for k, v in shared.items() if k in allowed}), choice
+            job = runview.start_run(config, source, label=run_label(method, config.model, int(seed)) + " (race)")
             if job is None:
                 break
             workspace.add_run(job)
         else:
+            st.session_state["gen_x_axis"] = "image_gradients"  # a race compares at equal cost
             st.rerun()
     runview.show_notices()
 
@@ -148,11 +172,15 @@ def live_view() -> None:
     if not snapshots:
         st.info("Press **Start** to fit a perturbation; its fooling ratio, gradient stability and quantisation "
                 "error appear here live. Finished runs stay on the charts, so methods can be compared on the same "
-                "axes (try **Race SGA vs SGD-UAP**).", icon=":material/insights:")
+                "axes (try **Race**).", icon=":material/insights:")
         return
     for snap in reversed(snapshots):
         runview.status_line(snap)
-    runview.metric_charts(snapshots, key="gen_chart")
+    x_axis = st.radio("x axis", list(charts.X_AXES), key="gen_x_axis", horizontal=True,
+                      format_func=lambda a: "steps" if a == "step" else "image-gradients (equal cost)",
+                      help="Methods whose steps cost different numbers of image-gradients compare fairly on the "
+                           "image-gradient axis.")
+    runview.metric_charts(snapshots, key="gen_chart", x_axis=x_axis)
     labels = {s.id: s.label for s in snapshots}
     shown_id = snapshots[-1].id
     if len(snapshots) > 1:

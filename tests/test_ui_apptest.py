@@ -162,13 +162,21 @@ def test_generate_tiny_run_race_charts_and_save(library_dir):
     assert "of 12 images" in histogram["layout"]["title"]["text"], "share of the top label over the 12 held out"
     assert len(at.get("image")) >= 1, "the current δ"
 
-    # race SGA against SGD-UAP: two more runs on the same axes
+    # race SGA against SGD-UAP with the form's settings (the preset off): two more runs on the same axes, drawn
+    # against image-gradients spent
+    assert at.multiselect(key="gen_race_methods").value == ["sga", "sgd_uap"]
+    at.toggle(key="gen_race_preset").set_value(False).run()
     at.button(key="gen_race").click().run()
     assert not at.exception and not at.error
     lines = wait_for_runs(at)
     assert len(lines) == 3 and all("finished]" in line for line in lines)
-    legend = [t["name"] for t in named_traces(figure_titled(at, "Held-out fooling ratio"))]
+    held_out = figure_titled(at, "Held-out fooling ratio")
+    legend = [t["name"] for t in named_traces(held_out)]
     assert len(legend) == 3 and any("SGD-UAP" in n for n in legend) and sum("SGA" in n for n in legend) == 2
+    assert at.radio(key="gen_x_axis").value == "image_gradients"
+    assert held_out["layout"]["xaxis"]["title"]["text"].startswith("image-gradients")
+    sgd = next(t for t in named_traces(held_out) if "SGD-UAP" in t["name"])
+    assert sgd["x"][-1] == 13  # 3 steps (5 + 5 + 3 images): the x axis counts image-gradients, not steps
 
     # save the newest result to the library
     button(at, "Save to the library").click().run()

@@ -153,10 +153,17 @@ def model_names() -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The spec of a registry model, or of an ensemble named "a,b" (see :mod:`uap_core.ensemble`)."""
+    from .ensemble import ensemble_spec, member_names
+
+    names = member_names(name)
+    if len(names) > 1:
+        return ensemble_spec([get_spec(n) for n in names])
     try:
         return registry()[name]
     except KeyError:
-        raise ParameterError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}") from None
+        raise ParameterError(f"unknown model {name!r}; choose one of: {', '.join(model_names())} "
+                             f"(or several, joined by commas, for an ensemble)") from None
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -295,13 +302,22 @@ def _build_cifar(spec: ModelSpec, weights: Path | None, pretrained: bool) -> nn.
 
 
 def load_model(name: str, device: str | torch.device = "cpu", weights: str | os.PathLike | None = None,
-               pretrained: bool = True, download: bool = True) -> Classifier:
+               pretrained: bool = True, download: bool = True) -> Classifier:  # or an Ensemble
     """Build model ``name`` with its weights, wrapped as a frozen, eval-mode :class:`Classifier` on ``device``.
 
     weights: a local weights file (state dict, loaded with ``weights_only=True``) instead of the default.
     pretrained=False gives random weights (for speed benchmarks). download=False never touches the network.
     Raises ModelUnavailableError with a how-to message when a package or the weights are missing.
+    ``name`` may list several models joined by commas: an :class:`~uap_core.ensemble.Ensemble` of them (then
+    ``weights`` does not apply).
     """
+    from .ensemble import Ensemble, member_names
+
+    if len(member_names(name)) > 1:
+        if weights:
+            raise ParameterError("a weights file applies to one model, not to an ensemble")
+        get_spec(name)  # checks the members fit together before loading any
+        return Ensemble([load_model(n, device, None, pretrained, download) for n in member_names(name)])
     spec = get_spec(name)
     weights_path = Path(weights) if weights else None
     if weights_path is not None and not weights_path.is_file():

@@ -26,3 +26,31 @@ def demo_config(device: str = "auto") -> RunConfig:
                      seed=0, device=device, epochs=3, eval_every=4, augment=8, holdout_views=4, keep="last",
                      compile="off", max_seconds=45,
                      params={"batch_size": 10, "minibatch_size": 5, "inner_passes": 2, "step_size": 2 / 255})
+
+
+RACE_BUDGET = 600  # image-gradients per method: see race_config
+
+
+def race_config(algorithm: str, device: str = "auto", seed: int = 0) -> RunConfig:
+    """The classroom race: methods side by side on the demo's images at an equal cost.
+
+    Every method gets the demo's setting — EfficientNet-Lite0, eps 10/255 L∞, the embedded photos (13 fit photos
+    seen as 8 crops each, 12 held-out photos measured on 4 crops each), last δ kept, no compiling — and the same
+    budget of RACE_BUDGET image-gradients (forward + backward passes over one image), so a method with dearer
+    steps makes fewer of them: the charts compare methods on the image-gradient axis. SGA and SGD-UAP take the
+    demo's small batches and step (B 10; SGA m 5, K 2; step 2/255); other methods take their paper defaults
+    with batches of at most 10 images.
+    """
+    params = {
+        "sga": {"batch_size": 10, "minibatch_size": 5, "inner_passes": 2, "step_size": 2 / 255},
+        "sgd_uap": {"batch_size": 10, "step_size": 2 / 255},
+    }.get(algorithm)
+    if params is None:
+        from .algorithms import get_algorithm
+        from .params import describe
+
+        fields = {f["name"]: f for f in describe(get_algorithm(algorithm).Params)}
+        params = {"batch_size": min(10, fields["batch_size"]["default"])} if "batch_size" in fields else {}
+    return RunConfig(model="efficientnet_lite0", algorithm=algorithm, eps=10 / 255, norm="linf", images="samples",
+                     seed=seed, device=device, augment=8, holdout_views=4, keep="last", compile="off",
+                     max_image_gradients=RACE_BUDGET, params=params)

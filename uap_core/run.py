@@ -25,6 +25,7 @@ import torch
 from . import metrics
 from .algorithms import AttackSetup, UAPAlgorithm, get_algorithm
 from .errors import ParameterError
+from .ensemble import members_of
 from .evaluation import Evaluation, evaluate, predict_labels, predict_logits, predict_top1
 from .images import ImageSet, load_images
 from .models import Classifier, get_spec, load_model, resolve_device
@@ -98,6 +99,9 @@ class RunConfig:
             raise ParameterError(f"precision {cfg.precision!r} is not allowed; choose one of {', '.join(PRECISIONS)}")
         algorithm = get_algorithm(cfg.algorithm)
         spec = get_spec(cfg.model)
+        if spec.family == "ensemble" and not algorithm.supports_ensemble:
+            raise ParameterError(f"{cfg.algorithm} fits one model at a time; an ensemble ({cfg.model}) needs a "
+                                 f"gradient method such as sga or sgd_uap")
         parse_params(algorithm.Params, cfg.params)
         if cfg.target is not None:
             if not algorithm.supports_targeted:
@@ -285,11 +289,16 @@ class Run:
         fit_pixels = self.fit_set.pixels[:0] if data_free else self.fit_set.pixels
         self.fit_pixels = fit_pixels.to(device)
         self.holdout_pixels = self.holdout_set.pixels.to(device)
-        fit_logits = predict_logits(self.model, self.fit_pixels, None, self.precision)
-        self.fit_clean = fit_logits.argmax(1)
+        members = members_of(self.model)
+        # each surrogate's own clean logits (N, M, C); the run picks δ by the ensemble's (mean-logit) prediction
+        fit_logits = torch.stack([predict_logits(m, self.fit_pixels, None, self.precision) for m in members], 1)
+        self.fit_clean = fit_logits.mean(1).argmax(1)
+        if len(members) == 1:
+            fit_logits = fit_logits[:, 0]
+        attack_labels = fit_logits.argmax(-1)
         self.holdout_clean, self.holdout_clean_confidence = predict_top1(self.model, self.holdout_pixels, None,
                                                                          self.precision)
-        setup = AttackSetup(self.model, self.fit_pixels, self.fit_clean, cfg.eps, cfg.norm, cfg.target,
+        setup = AttackSetup(self.model, self.fit_pixels, attack_labels, cfg.eps, cfg.norm, cfg.target,
                             self.generator, self.precision, choose_compile(cfg.compile, device),
                             clean_logits=fit_logits if algorithm_class.uses_clean_logits else None)
         del fit_logits
@@ -340,11 +349,13 @@ class Run:
             "input_size": list(self.fit_pixels.shape[2:]), "epochs": self.epochs,
             "steps_per_epoch": self.steps_per_epoch, "eval_every": self.eval_every,
             "params": dataclasses.asdict(self.params), "algorithm_title": self.algorithm.title,
-            "model_title": self.model.spec.title,
+            "model_title": self.model.spec.title, "surrogates": [m.spec.name for m in members_of(self.model)],
         }
         history: list[dict[str, Any]] = []
         start_event = RunEvent("start", 0, 0, elapsed(), {
             **info, "total_steps": self.total_steps,
+            "planned_image_gradients": (cfg.max_image_gradients
+                                        or self.total_steps * self.algorithm.image_gradients_per_step()),
             "random_fooling_ratio": random_eval.fooling_ratio, "clean_accuracy": clean_eval_accuracy})
         history.append(start_event.as_dict())
         yield start_event
@@ -366,7 +377,7 @@ class Run:
                 best.update(fit_fooling_ratio=fit_ratio, delta=delta.clone(), step=step)
             last_eval_step, last_held_out = step, held_out
             data = {"heldout": held_out.as_dict(top=10), "fooling_ratio": held_out.fooling_ratio,
-                    "fit_fooling_ratio": fit_ratio, "is_best": is_best,
+                    "fit_fooling_ratio": fit_ratio, "is_best": is_best, "image_gradients_total": spent,
                     "dominant_share": held_out.as_dict()["dominant_share"]}
             return RunEvent("eval", step, epoch, elapsed(), data)
 
@@ -378,9 +389,6 @@ class Run:
                         break
                     if cfg.max_seconds is not None and elapsed() > cfg.max_seconds:
                         reason = "time limit"
-                        break
-                    if cfg.max_image_gradients is not None and spent >= cfg.max_image_gradients:
-                        reason = "budget"
                         break
                     step_started = time.perf_counter()
                     stats = self._step_with_backoff(batch)
@@ -397,6 +405,9 @@ class Run:
                         event = evaluation_event()
                         history.append(event.as_dict())
                         yield event
+                    if cfg.max_image_gradients is not None and spent >= cfg.max_image_gradients:
+                        reason = "budget"
+                        break
                 if reason != "completed":
                     break
                 if self.algorithm.end_epoch():

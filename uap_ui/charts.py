@@ -15,6 +15,8 @@ import plotly.graph_objects as go
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f")
 MAX_POINTS = 1500  # per trace; longer step series are thinned evenly (the last point is always kept)
+X_AXES = {"step": "step", "image_gradients": "image-gradients (forward + backward over one image)"}
+_X_KEYS = {"step": "step", "image_gradients": "image_gradients_total"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,13 @@ class RunSeries:
         start = next((e for e in self.events if e["kind"] == "start"), None)
         return int(start.get("total_steps") or 0) if start else 0
 
+    def planned(self, x_axis: str = "step") -> int:
+        """The planned end of the run on the x axis: steps, or image-gradients."""
+        if x_axis == "step":
+            return self.total_steps
+        start = next((e for e in self.events if e["kind"] == "start"), None)
+        return int(start.get("planned_image_gradients") or 0) if start else 0
+
     @property
     def random_fooling_ratio(self) -> float | None:
         start = next((e for e in self.events if e["kind"] == "start"), None)
@@ -70,9 +79,12 @@ def _clean(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def series_points(events: Sequence[dict[str, Any]], kind: str, key: str) -> tuple[list[int], list[float | None]]:
-    """(steps, values) of ``key`` in the events of ``kind``; NaN → gap; thinned to at most MAX_POINTS."""
-    rows = [(e["step"], _clean(e.get(key))) for e in events if e["kind"] == kind and key in e]
+def series_points(events: Sequence[dict[str, Any]], kind: str, key: str,
+                  x_axis: str = "step") -> tuple[list[int], list[float | None]]:
+    """(x, values) of ``key`` in the events of ``kind``, x the step or the image-gradients spent so far (``x_axis``);
+    NaN → gap; thinned to at most MAX_POINTS."""
+    x_key = _X_KEYS[x_axis]
+    rows = [(e.get(x_key, e["step"]), _clean(e.get(key))) for e in events if e["kind"] == kind and key in e]
     if len(rows) > MAX_POINTS:
         stride = math.ceil(len(rows) / MAX_POINTS)
         rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
@@ -80,10 +92,10 @@ def series_points(events: Sequence[dict[str, Any]], kind: str, key: str) -> tupl
 
 
 def _layout(fig: go.Figure, title: str, y_title: str, y_range: tuple[float, float] | None,
-            height: int = 280) -> go.Figure:
+            height: int = 280, x_title: str = "step") -> go.Figure:
     fig.update_layout(
         title={"text": title, "font": {"size": 14}}, height=height, margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        xaxis_title="step", yaxis_title=y_title, legend={"orientation": "h", "y": -0.25, "font": {"size": 10}},
+        xaxis_title=x_title, yaxis_title=y_title, legend={"orientation": "h", "y": -0.25, "font": {"size": 10}},
         hovermode="x unified", uirevision=title)
     if y_range:
         fig.update_yaxes(range=list(y_range))
@@ -91,25 +103,27 @@ def _layout(fig: go.Figure, title: str, y_title: str, y_range: tuple[float, floa
 
 
 def metric_figure(runs: Sequence[RunSeries], spec: MetricSpec, show_random: bool = True,
-                  height: int = 280) -> go.Figure:
-    """One metric against step, a trace per run (held-out fooling ratio also shows each run's random baseline)."""
+                  height: int = 280, x_axis: str = "step") -> go.Figure:
+    """One metric against step (or image-gradients spent: ``x_axis="image_gradients"``, the axis on which methods
+    of different step costs compare fairly), a trace per run (held-out fooling ratio also shows each run's random
+    baseline)."""
     fig = go.Figure()
     for run in runs:
-        x, y = series_points(run.events, spec.kind, spec.key)
+        x, y = series_points(run.events, spec.kind, spec.key, x_axis)
         mode = "lines+markers" if spec.kind == "eval" or len(x) < 40 else "lines"
         fig.add_trace(go.Scatter(x=x, y=y, mode=mode, name=run.label, legendgroup=run.label,
                                  line={"color": run.color, "width": 2}, marker={"size": 6},
                                  connectgaps=False))
         baseline = run.random_fooling_ratio if show_random and spec.key == "fooling_ratio" else None
         if baseline is not None and x:
-            fig.add_trace(go.Scatter(x=[0, max(max(x), run.total_steps)], y=[baseline, baseline], mode="lines",
+            fig.add_trace(go.Scatter(x=[0, max(max(x), run.planned(x_axis))], y=[baseline, baseline], mode="lines",
                                      name=f"{run.label}: random noise, same eps", legendgroup=run.label,
                                      line={"color": run.color, "dash": "dot", "width": 1}, showlegend=False,
                                      hovertemplate="random-noise baseline %{y:.2f}<extra></extra>"))
-    fig = _layout(fig, spec.title, spec.y_title, spec.y_range, height)
+    fig = _layout(fig, spec.title, spec.y_title, spec.y_range, height, X_AXES[x_axis])
     # the x axis spans the planned steps, so a live chart fills up towards its end (integer ticks on short runs)
-    last = max([r.total_steps for r in runs] + [max(series_points(r.events, spec.kind, spec.key)[0], default=0)
-                                                for r in runs] + [5])
+    last = max([r.planned(x_axis) for r in runs]
+               + [max(series_points(r.events, spec.kind, spec.key, x_axis)[0], default=0) for r in runs] + [5])
     fig.update_xaxes(range=[0, last * 1.02])
     return fig
 

@@ -54,15 +54,15 @@ def status_line(snap: JobSnapshot) -> None:
 
 
 def metric_charts(snapshots: Sequence[JobSnapshot], key: str, keys: Sequence[str] | None = None,
-                  columns: int = 3, height: int = 280) -> None:
-    """The live metric charts, one trace per run."""
+                  columns: int = 3, height: int = 280, x_axis: str = "step") -> None:
+    """The live metric charts, one trace per run, against step or image-gradients (``x_axis``)."""
     runs = series(snapshots)
     specs = [charts.metric_spec(k) for k in keys] if keys else list(charts.METRICS)
     cols = st.columns(columns)
     for i, spec in enumerate(specs):
         with cols[i % columns]:
-            st.plotly_chart(charts.metric_figure(runs, spec, height=height), key=f"{key}_{spec.key}",
-                            width="stretch")
+            st.plotly_chart(charts.metric_figure(runs, spec, height=height, x_axis=x_axis),
+                            key=f"{key}_{spec.key}", width="stretch")
 
 
 def delta_and_histogram(snap: JobSnapshot, key: str) -> None:

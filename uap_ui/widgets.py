@@ -90,6 +90,32 @@ def device_description() -> str:
     return f"CPU ({torch.get_num_threads()} threads; no CUDA GPU found)"
 
 
+# ---------------------------------------------------------------------------------------------- methods
+FAMILY_LABELS = {"data-driven": "Data-driven", "data-free": "Data-free", "generative": "Generative"}
+
+
+def methods_in_groups() -> list[str]:
+    """The registry's method names grouped by family (data-driven, data-free, generative), registry order within."""
+    order = list(FAMILY_LABELS)
+    return sorted(ALGORITHMS, key=lambda name: order.index(ALGORITHMS[name].family))
+
+
+def method_label(name: str) -> str:
+    """"Data-driven · SGA (stochastic gradient aggregation, Liu et al. 2023)": the picker's entry."""
+    cls = ALGORITHMS[name]
+    return f"{FAMILY_LABELS.get(cls.family, cls.family)} · {cls.title}"
+
+
+def method_caption(name: str) -> str:
+    """One line of what the method does, and its paper."""
+    cls = ALGORITHMS[name]
+    return " — ".join(part for part in (cls.summary, cls.paper and f"*{cls.paper}*") if part)
+
+
+def method_fields(name: str) -> list[dict[str, Any]]:
+    return describe(ALGORITHMS[name].Params)
+
+
 # ---------------------------------------------------------------------------------------------- images
 @dataclass
 class ImageChoice:
@@ -108,6 +134,7 @@ class ImageChoice:
         return str(self.source)
 
 
+SAMPLES_CHOICE = ImageChoice("samples", "samples")
 IMAGE_KINDS = {"samples": "Embedded samples", "folder": "A folder on this machine", "upload": "Upload images",
                "npz": "CIFAR-style .npz"}
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics
+from ..ensemble import members_of
 from ..evaluation import autocast
 from ..models import Classifier
 
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 class AttackSetup:
     """Everything a method needs besides its own hyperparameters.
 
-    pixels: (N, 3, H, W) uint8 fit images on the model's device; clean_labels: (N,) int64, k(x) on the same device.
+    pixels: (N, 3, H, W) uint8 fit images on the model's device; clean_labels: (N,) int64, k(x) on the same device —
+    for an ensemble (N, M): each member's own clean prediction (and clean_logits (N, M, C)).
     eps: budget in pixel units (10/255); norm: "linf" | "l2"; target: class index for a targeted attack, else None.
     generator: seeded torch.Generator on the CPU (batch order, inner sampling): the same seed draws the same
     images on every device, so a CUDA run follows the CPU run's batches (the indices are copied to the device).
@@ -73,6 +75,7 @@ class UAPAlgorithm:
     default_epochs: ClassVar[int] = 20
     uses_gradient_step: ClassVar[bool] = True  # steps through :meth:`gradient` (what ``compile`` captures)
     uses_clean_logits: ClassVar[bool] = False  # needs AttackSetup.clean_logits
+    supports_ensemble: ClassVar[bool] = True  # its loss goes through loss_and_fooled (averaged over the members)
     takes_sign_steps: ClassVar[bool] = True  # δ moves by quantised sign steps (quantisation error is reported)
 
     def __init__(self, setup: AttackSetup, params) -> None:
@@ -152,13 +155,25 @@ class UAPAlgorithm:
         clamp(pixels / 255 + δ, 0, 1) and the number of those images fooled (0-d int64).
 
         pixels: (n, 3, H, W) uint8; delta: (3, H, W) fp32 (a leaf that requires grad); clean_labels: (n,) k(x);
-        clean_logits: (n, C) f(x) where the method uses them, else None.
+        clean_logits: (n, C) f(x) where the method uses them, else None. For an ensemble of M surrogates the loss
+        is the mean of the members' losses, each against its own clean prediction (clean_labels (n, M), clean_logits
+        (n, M, C)), and the fooled count the mean of theirs.
         """
         x = (pixels.float() / 255 + delta).clamp(0, 1).contiguous(memory_format=torch.channels_last)
-        with self.autocast():
-            logits = self.model(x)
-        return (self.loss_per_image(logits, clean_labels, clean_logits),
-                self.fooled(logits.detach(), clean_labels))
+        members = members_of(self.model)
+        if len(members) == 1:
+            with self.autocast():
+                logits = self.model(x)
+            return (self.loss_per_image(logits, clean_labels, clean_logits),
+                    self.fooled(logits.detach(), clean_labels))
+        losses, fooled = [], []
+        for i, member in enumerate(members):
+            with self.autocast():
+                logits = member(x)
+            member_logits = clean_logits[:, i] if clean_logits is not None else None
+            losses.append(self.loss_per_image(logits, clean_labels[:, i], member_logits))
+            fooled.append(self.fooled(logits.detach(), clean_labels[:, i]))
+        return torch.stack(losses).mean(0), torch.stack(fooled).float().mean()
 
     def gradient(self, indices: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """g = d/dδ mean_i loss(f(clamp(x_i + δ))) over ``indices``, in fp32.
@@ -168,7 +183,7 @@ class UAPAlgorithm:
         """
         gradient = torch.zeros_like(delta)
         loss_sum = torch.zeros((), device=self.device)
-        fooled = torch.zeros((), device=self.device, dtype=torch.long)
+        fooled = torch.zeros((), device=self.device)
         chunks = indices.split(self.chunk_size) if self.chunk_size else (indices,)
         for chunk in chunks:
             chunk_grad, losses, chunk_fooled = self._chunk_gradient(chunk, delta)

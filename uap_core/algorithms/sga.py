@@ -52,7 +52,7 @@ class SGA(UAPAlgorithm):
         inner_steps = max(1, self.params.inner_passes * len(indices) // m)  # k·num//minibatch, as the official code
         inner_gradients = torch.empty((inner_steps, *self.delta.shape), device=self.device)
         loss_sum = torch.zeros((), device=self.device)
-        fooled = torch.zeros((), device=self.device, dtype=torch.long)
+        fooled = torch.zeros((), device=self.device)
 
         d_in = self.delta.clone()
         for j in range(inner_steps):

@@ -45,6 +45,7 @@ class UAP(UAPAlgorithm):
     Params = UAPParams
     uses_gradient_step = False  # DeepFool per image: data-dependent, nothing to compile
     supports_targeted = False
+    supports_ensemble = False  # DeepFool needs one classifier's decision boundary
     default_epochs = 10  # passes: the MATLAB code's cap (the Python code has none; ~5 is typical)
 
     def batch_size(self) -> int:
