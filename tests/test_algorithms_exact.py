@@ -147,7 +147,9 @@ def test_uap_accumulates_only_for_unfooled_images_and_projects():
     stats = algorithm.step(torch.arange(12))
     assert algorithm.delta.abs().max().item() <= 0.05 + 1e-7
     assert stats["deepfool_converged"] >= 1
-    assert stats["batch_fooling_ratio"] + stats["image_gradients"] / 12 == pytest.approx(1.0)
+    assert stats["batch_fooling_ratio"] + stats["deepfool_images"] / 12 == pytest.approx(1.0)
+    # the cost: every DeepFool iteration is one backward over num_candidates (3) copies of the image
+    assert stats["image_gradients"] % 3 == 0 and stats["image_gradients"] >= 3 * stats["deepfool_images"]
 
 
 def test_params_validation_names_the_range():

@@ -4,13 +4,15 @@ ImageNet validation images. Run for a fixed number of steps (2 epochs = 22 steps
 45 s allow on 2 cores) instead of the time limit, so the result does not depend on the machine's speed."""
 
 import dataclasses
+import statistics
 
+import pytest
 import torch
 
 from uap_core import metrics
 from uap_core.evaluation import predict_labels
 from uap_core.images import load_images
-from uap_core.presets import demo_config
+from uap_core.presets import RACE_BUDGET, demo_config, race_config
 from uap_core.run import Run
 
 
@@ -34,3 +36,28 @@ def test_demo_fools_held_out_photos_and_real_imagenet_far_beyond_random_noise(li
     fooled_by_noise = metrics.fooling_ratio(clean, predict_labels(lite0, real, noise))
     print(f"demo δ on 200 ImageNet validation images: {fooled:.3f}, random ±eps noise {fooled_by_noise:.3f}")
     assert fooled >= 1.5 * fooled_by_noise, (fooled, fooled_by_noise)
+
+
+@pytest.mark.slow
+def test_race_preset_shows_sga_and_sgd_uap_apart_at_equal_cost(lite0):
+    """The classroom race (uap_core.presets.race_config) of SGA against SGD-UAP, 600 image-gradients each on the
+    embedded photos. Measured on 2 cores: SGD-UAP 0.56 and SGA 0.33 held-out fooling ratio (48 held-out crops)
+    against 0.125 for random noise; SGD-UAP makes 63 sign steps, SGA 32 (each of SGA's steps aggregates 4 inner
+    gradients of 5 crops). The adjacent-step gradient cosine is near zero for both at this scale (SGA 0.002,
+    SGD-UAP −0.005 on average): the stability the SGA paper shows needs its batches of 250 images, so it is not
+    asserted here. Held to: both spend the same budget, both clearly beat random noise, and the two end at least
+    10 points apart (what the race is for)."""
+    results = {}
+    for algorithm in ("sga", "sgd_uap"):
+        config = race_config(algorithm, "cpu")
+        assert config.max_image_gradients == RACE_BUDGET and config.augment == 8 and config.holdout_views == 4
+        results[algorithm] = Run(config, model=lite0).run_to_end()
+    for algorithm, result in results.items():
+        spent = result.info["image_gradients"]
+        steps = [h for h in result.history if h["kind"] == "step"]
+        cosine = statistics.mean(h["grad_cosine"] for h in steps[1:])
+        print(algorithm, result.evaluation.fooling_ratio, result.random_evaluation.fooling_ratio, result.steps, spent,
+              cosine)
+        assert result.reason == "budget" and RACE_BUDGET <= spent < RACE_BUDGET + 20
+        assert result.evaluation.fooling_ratio >= 2 * result.random_evaluation.fooling_ratio
+    assert abs(results["sga"].evaluation.fooling_ratio - results["sgd_uap"].evaluation.fooling_ratio) >= 0.1

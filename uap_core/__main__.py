@@ -25,8 +25,17 @@ def _algorithm_options() -> dict[str, dict[str, Any]]:
     options: dict[str, dict[str, Any]] = {}
     for name, algorithm in ALGORITHMS.items():
         for field in describe(algorithm.Params):
-            entry = options.setdefault(field["name"], {**field, "algorithms": []})
+            entry = options.setdefault(field["name"], {**field, "algorithms": [], "per_algorithm": []})
             entry["algorithms"].append(name)
+            entry["per_algorithm"].append((name, field))
+    for entry in options.values():  # one help text; where methods mean different things by a name, each says its own
+        uses = entry["per_algorithm"]
+        if len({(f["help"], f["default"], f["choices"]) for _, f in uses}) == 1:
+            entry["help_text"] = f"{entry['help']} [{', '.join(entry['algorithms'])}; default {entry['default']}]"
+        else:
+            entry["help_text"] = " | ".join(
+                f"{name}: {f['help']} (default {f['default']}"
+                + (f"; one of {', '.join(map(str, f['choices']))})" if f["choices"] else ")") for name, f in uses)
     return options
 
 
@@ -75,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     hyper = generate.add_argument_group("algorithm hyperparameters (paper defaults when omitted)")
     for name, field in _algorithm_options().items():
         hyper.add_argument("--" + name.replace("_", "-"), dest=f"param_{name}", default=None,
-                           help=f"{field['help']} [{', '.join(field['algorithms'])}; default {field['default']}]")
+                           help=field["help_text"])
 
     evaluate = commands.add_parser("evaluate", help="measure a saved UAP on a model and images")
     evaluate.add_argument("--uap", required=True)

@@ -239,16 +239,17 @@ def algorithm_params(algorithm: str, eps_255: float, prefix: str, persist: bool 
             elif field["type"] in (int, "int"):
                 chosen = st.number_input(label, min_value=int(field["min"]) if field["min"] is not None else None,
                                          max_value=int(field["max"]) if field["max"] is not None else None,
-                                         value=int(default), step=1, key=key, help=field["help"],
-                                         persist_state=keep)
-                if chosen != default:
+                                         value=None if default is None else int(default), step=1, key=key,
+                                         help=field["help"], persist_state=keep, placeholder="default")
+                if chosen is not None and chosen != default:
                     values[name] = int(chosen)
             else:
                 chosen = st.number_input(label, min_value=float(field["min"]) if field["min"] is not None else None,
                                          max_value=float(field["max"]) if field["max"] is not None else None,
-                                         value=float(default), step=0.01, format="%g", key=key,
-                                         help=field["help"], persist_state=keep)
-                if chosen != default:
+                                         value=None if default is None else float(default), step=0.01,
+                                         format="%g", key=key, help=field["help"], persist_state=keep,
+                                         placeholder="default")
+                if chosen is not None and chosen != default:
                     values[name] = float(chosen)
     return values
 

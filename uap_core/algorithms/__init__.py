@@ -10,11 +10,25 @@ from .base import FAMILIES, AttackSetup, UAPAlgorithm
 from .sga import SGA
 from .sgd_uap import SGDUAP
 from .uap import UAP
+from .df_uap import DFUAP
+from .cos_uap import CosUAP
+from .sv_uap import SVUAP
+from .gd_uap import GDUAP
+from .fff import FFF
+from .trm_uap import TRMUAP
+from .gap import GAP
 
 _CLASSES: tuple[type[UAPAlgorithm], ...] = (
-    SGA,
+    SGA,  # data-driven
     SGDUAP,
     UAP,
+    DFUAP,
+    CosUAP,
+    SVUAP,
+    GDUAP,  # data-free (GD-UAP with prior "data" reads images)
+    FFF,
+    TRMUAP,
+    GAP,  # generative
 )
 ALGORITHMS: dict[str, type[UAPAlgorithm]] = {cls.name: cls for cls in _CLASSES}
 

@@ -62,7 +62,8 @@ class UAPAlgorithm:
     family: "data-driven" (fits δ on the fit images), "data-free" (never reads them: :class:`uap_core.run.Run`
     hands such a method no fit images at all, and keeps its last δ, since picking the best would need them) or
     "generative" (trains a generator whose output is δ). summary: one line of what the method does; paper: its
-    citation (both shown by the UI's method picker).
+    citation (both shown by the UI's method picker); differs: where it departs from the paper or official code
+    (the README's method table, ``bench/methods.py``).
     """
 
     name: ClassVar[str]
@@ -71,6 +72,7 @@ class UAPAlgorithm:
     family: ClassVar[str] = "data-driven"
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    differs: ClassVar[str] = ""  # one line: where this implementation differs from the paper / official code
     supports_targeted: ClassVar[bool] = True
     default_epochs: ClassVar[int] = 20
     uses_gradient_step: ClassVar[bool] = True  # steps through :meth:`gradient` (what ``compile`` captures)
@@ -105,7 +107,7 @@ class UAPAlgorithm:
         return cls.family == "data-free"
 
     def batch_size(self) -> int:
-        return min(int(self.params.batch_size), self.num_images)
+        return max(1, min(int(self.params.batch_size), self.num_images))
 
     def steps_per_epoch(self) -> int:
         """Updates of δ per epoch (one per batch of fit images; a data-free method defines its own)."""

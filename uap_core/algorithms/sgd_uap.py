@@ -32,6 +32,7 @@ class SGDUAP(UAPAlgorithm):
     title = "SGD-UAP (stochastic projected gradient ascent)"
     summary = "One sign step of the clamped cross-entropy's gradient per batch of images."
     paper = "Shafahi et al., AAAI 2020; Mummadi et al., ICCV 2019"
+    differs = "As the SGA paper's official baseline (clamped CE, sign step 0.1·eps); momentum optional"
     Params = SGDUAPParams
 
     def step(self, indices: torch.Tensor) -> dict[str, float]:

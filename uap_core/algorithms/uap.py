@@ -42,6 +42,7 @@ class UAP(UAPAlgorithm):
     title = "UAP (DeepFool accumulation, Moosavi-Dezfooli et al. 2017)"
     summary = "Adds each not-yet-fooled image's minimal DeepFool perturbation, projected onto the budget."
     paper = "Moosavi-Dezfooli et al., Universal adversarial perturbations, CVPR 2017"
+    differs = "Pass cap 10 (the MATLAB code's; the Python code has none); x + δ clamped to [0, 1]"
     Params = UAPParams
     uses_gradient_step = False  # DeepFool per image: data-dependent, nothing to compile
     supports_targeted = False
@@ -53,10 +54,11 @@ class UAP(UAPAlgorithm):
 
     def step(self, indices: torch.Tensor) -> dict[str, float]:
         before = self.delta.clone()
-        already_fooled = converged = attempted = 0
+        already_fooled = converged = attempted = spent = 0
         for index in indices.tolist():
             x = self.images(torch.tensor([index], device=self.device))
             dv, iterations, label = self.deepfool(x, self.delta)
+            spent += iterations * self.params.num_candidates  # each iteration: a backward over that many copies
             if label != int(self.setup.clean_labels[index]):
                 already_fooled += 1
                 continue
@@ -66,7 +68,7 @@ class UAP(UAPAlgorithm):
                 self.delta = metrics.project(self.delta + dv[0], self.setup.eps, self.setup.norm)
         change = self.delta - before
         stats = {"loss": float("nan"), "batch_fooling_ratio": already_fooled / len(indices),
-                 "image_gradients": attempted, "deepfool_converged": converged}
+                 "image_gradients": spent, "deepfool_converged": converged, "deepfool_images": attempted}
         if change.abs().max() > 0:
             stats.update(self.update_statistics(change))
             stats["quantisation_error"] = float("nan")  # no sign step in UAP
