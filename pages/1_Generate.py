@@ -46,6 +46,9 @@ with st.container(border=True):
                         format_func={"linf": "L∞", "l2": "L2"}.get)
         eps_255 = widgets.eps_input("gen", norm)
         target = widgets.target_picker("gen_target", status.spec.name, ALGORITHMS[algorithm].supports_targeted)
+    with col_model:
+        surrogates = widgets.ensemble_picker("gen_ensemble", status, algorithm)
+    model_name = ",".join([status.spec.name, *surrogates])
     with col_run:
         seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="gen_seed",
                                persist_state="session", help="Same seed, images and device → the same δ.")
@@ -96,7 +99,7 @@ with st.container(border=True):
 
     def config_for(method: str, method_params: dict) -> RunConfig:
         return RunConfig(
-            model=status.spec.name, algorithm=method, eps=eps_255 / 255, norm=norm, target=target,
+            model=model_name, algorithm=method, eps=eps_255 / 255, norm=norm, target=target,
             images=choice.source if choice.kind != "upload" else "uploads", fit=fit or None, seed=int(seed),
             device=device, epochs=None if budget else int(epochs), params=method_params,
             eval_every=eval_every or None, precision=precision, input_size=input_size or None,
@@ -106,7 +109,7 @@ with st.container(border=True):
     with st.expander("Race methods", expanded=False):
         r1, r2 = st.columns([3, 2])
         race_methods = r1.multiselect("Methods to race (2–4)", widgets.methods_in_groups(), default=RACE_DEFAULT,
-                                      max_selections=4, key="gen_race_methods", format_func=widgets.method_label,
+                                      max_selections=4, key="gen_race_methods", format_func=short_algorithm_name,
                                       persist_state="session")
         race_preset = r2.toggle("Classroom race preset", value=True, key="gen_race_preset", persist_state="session",
                                 help="EfficientNet-Lite0 on the embedded photos (fitted on crops, measured on crops of "

@@ -249,3 +249,30 @@ def test_two_sessions_run_at_once(browser, server):
     finally:
         context_a.close()
         context_b.close()
+
+
+# ---------------------------------------------------------------------------------------------- the race
+def test_race_preset_live_on_the_image_gradient_axis(browser, server):
+    """Generate → Race methods (the classroom preset, SGA vs SGD-UAP): both runs start, their held-out fooling
+    ratios are drawn against image-gradients spent, the race's caption says what it shows; then Stop."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context()
+    try:
+        page = open_page(context, f"{server}/Generate", TALL)
+        page.get_by_text("Race methods").click()
+        expect(page.get_by_text("A race starts the methods", exact=False)).to_be_visible()
+        wait_loaded(page)
+        page.get_by_role("button", name="Race SGA vs SGD-UAP", exact=True).click()
+        expect(status(page)).to_have_count(2, timeout=30_000)
+        expect(page.get_by_text(re.compile(r"held-out fooling ratio \d+%"))).to_have_count(2, timeout=120_000)
+        expect(page.locator(".js-plotly-plot .xtitle", has_text="image-gradients").first).to_be_visible()
+        page.wait_for_timeout(500)
+        shot(page, "09-generate-race-running")
+        page.locator("button", has_text="Stop").first.click()
+        expect(status(page).filter(has_text="stopped")).to_have_count(2, timeout=120_000)
+        wait_loaded(page)
+        no_exception(page)
+        shot(page, "10-generate-race-stopped")
+    finally:
+        context.close()

@@ -192,6 +192,51 @@ def test_generate_tiny_run_race_charts_and_save(library_dir):
     assert not status_lines(at)
 
 
+def test_every_method_runs_from_generate(library_dir):
+    """Each of the ten methods from the Generate form (grouped picker, its one-line summary, its own hyperparameter
+    form), on the embedded photos at 64 px with a budget of 40 image-gradients: every run finishes and draws its
+    held-out fooling ratio."""
+    from uap_core.algorithms import ALGORITHMS
+
+    at = page("generate").run()
+    at.number_input(key="gen_input_size").set_value(64)
+    at.number_input(key="gen_budget").set_value(40)
+    at.run()
+    options = at.selectbox(key="gen_algorithm").options
+    assert len(options) == len(ALGORITHMS) == 10
+    assert options[0].startswith("Data-driven") and options[-1].startswith("Generative")
+    for name in ALGORITHMS:
+        at.selectbox(key="gen_algorithm").set_value(name).run()
+        assert not at.exception, name
+        assert any(ALGORITHMS[name].summary in c.value for c in at.caption), name
+        at.button(key="gen_start").click().run()
+        assert not at.exception and not at.error, (name, [e.value for e in at.error])
+        lines = wait_for_runs(at, timeout=240)
+        assert len(lines) == 1 and "finished]" in lines[0], (name, lines)
+        trace = named_traces(figure_titled(at, "Held-out fooling ratio"))[0]
+        assert trace["y"] and all(0.0 <= y <= 1.0 for y in trace["y"] if y is not None), name
+        at.button(key="gen_clear").click().run()
+
+
+def test_generate_ensemble_of_two_cifar_models(library_dir, cifar_npz):
+    """The ensemble multi-select offers only models with the chosen model's labels and input size; a run against
+    ResNet-20 + ResNet-56 finishes and is labelled with both."""
+    at = page("generate").run()
+    at.selectbox(key="gen_model").set_value("cifar_resnet20").run()
+    at.radio(key="gen_images_kind").set_value("npz").run()
+    at.text_input(key="gen_npz_path").set_value(str(cifar_npz)).run()
+    ensemble = at.multiselect(key="gen_ensemble_cifar_resnet20")
+    assert ensemble.options == ["cifar_resnet56"]  # not the ImageNet models
+    ensemble.set_value(["cifar_resnet56"]).run()
+    at.number_input(key="gen_fit").set_value(100)
+    at.number_input(key="gen_budget").set_value(200)
+    at.run()
+    at.button(key="gen_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    lines = wait_for_runs(at, timeout=240)
+    assert "finished]" in lines[0] and "cifar_resnet20,cifar_resnet56" in lines[0], lines
+
+
 def test_generate_run_settings_reach_the_run(library_dir):
     """Held-out crops and keep = last from the form: the run measures on 2 views of each of the 12 held-out
     photos and keeps its last δ."""

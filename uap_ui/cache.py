@@ -17,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from uap_core.ensemble import Ensemble, member_names
 from uap_core.evaluation import predict_logits
 from uap_core.images import ImageSet, load_images, load_uploads
 from uap_core.library import UAPLibrary
@@ -44,7 +45,12 @@ def _model(name: str, device: str) -> Classifier:
 
 def model(name: str, device: str = "auto") -> Classifier:
     """Model ``name`` on ``device`` ("auto" = CUDA when present), in eval mode with gradients off. Never downloads:
-    a model without its weights offline raises ModelUnavailableError with the how-to."""
+    a model without its weights offline raises ModelUnavailableError with the how-to. "a,b" is an ensemble of the
+    cached models a and b (no second copy of their weights)."""
+    names = member_names(name)
+    if len(names) > 1:
+        get_spec(name)  # the members fit together (labels, input size), else a clear error
+        return Ensemble([_model(n, str(resolve_device(device))) for n in names])
     return _model(name, str(resolve_device(device)))
 
 

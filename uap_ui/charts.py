@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f")
 MAX_POINTS = 1500  # per trace; longer step series are thinned evenly (the last point is always kept)
-X_AXES = {"step": "step", "image_gradients": "image-gradients (forward + backward over one image)"}
+X_AXES = {"step": "step", "image_gradients": "image-gradients"}  # forward + input-gradient backward, one image
 _X_KEYS = {"step": "step", "image_gradients": "image_gradients_total"}
 
 

@@ -45,6 +45,22 @@ def model_picker(key: str, label: str = "Model", default: str | None = DEFAULT_M
     return by_name[name]
 
 
+def ensemble_picker(key: str, status: ModelStatus, algorithm: str, persist: bool = True) -> list[str]:
+    """Further surrogate models to fit the same δ against (the SGA paper's ensemble setting): the available models
+    with the chosen model's labels and input size. Returns their names (empty: the chosen model alone)."""
+    spec = status.spec
+    candidates = [s.spec.name for s in cache.model_statuses() if s.available and s.spec.name != spec.name
+                  and s.spec.dataset == spec.dataset and s.spec.input_size == spec.input_size]
+    supported = ALGORITHMS[algorithm].supports_ensemble
+    chosen = st.multiselect(
+        "Ensemble: also fit against", candidates, key=f"{key}_{spec.name}", disabled=not supported or not candidates,
+        persist_state="session" if persist else None, placeholder="the chosen model alone",
+        help="One δ against several models at once: the loss is the mean of each model's loss (each against its "
+             "own clean prediction). Only models with the same labels and input size are offered"
+             + ("" if supported else f"; {algorithm} fits one model at a time") + ".")
+    return list(chosen) if supported else []
+
+
 def model_ready(status: ModelStatus, key: str) -> bool:
     """True when the model can be loaded; otherwise an error with the how-to (and, for torchvision weights, a
     button that downloads them once, for machines with a network)."""
