@@ -14,7 +14,8 @@ On real models and real images:
 - the forward-only batch from the memory probe fits, and a real out-of-memory (the allocator capped with
   ``torch.cuda.set_per_process_memory_fraction``) makes evaluation halve its batch and the gradient step split its
   batch into chunks, with the same results;
-- the UI's job path: two runs on one GPU queue (never both running) and both finish.
+- the UI's job path: two runs on one GPU queue (never both running) and both finish;
+- every method of the registry runs on CUDA (bf16, compiled where it can be) like on the CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 import torch
 
 from uap_core import evaluation
-from uap_core.algorithms import get_algorithm
+from uap_core.algorithms import ALGORITHMS, get_algorithm
 from uap_core.algorithms.base import AttackSetup
 from uap_core.images import load_images
 from uap_core.models import load_model
@@ -228,3 +229,26 @@ def test_two_ui_jobs_queue_on_the_gpu(cifar_images):
         result = job.snapshot().result
         assert result.info["device"].startswith("cuda") and result.delta.abs().max().item() <= EPS + 1e-7
         assert result.evaluation.fooling_ratio > result.random_evaluation.fooling_ratio
+
+
+# ---------------------------------------------------------------------------------------------- every method
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_method_runs_on_cuda_like_on_the_cpu(algorithm, cifar_images):
+    """Each method on CIFAR-10 ResNet-20 (500 fit / 500 held out, 8/255) with the same budget of 3,000
+    image-gradients on the CPU and on CUDA (bf16, compiled where the method has a gradient step): the CUDA run
+    completes within the budget and eps, beats random noise, and lands within 0.1 of the CPU run's held-out
+    fooling ratio (the same seed draws the same batches on both)."""
+    results = {}
+    for device, precision in (("cpu", "fp32"), ("cuda", "bf16")):
+        config = RunConfig(model="cifar_resnet20", algorithm=algorithm, eps=EPS, images=cifar_images.source, fit=500,
+                           holdout=500, seed=0, device=device, precision=precision, keep="last",
+                           max_image_gradients=3000, eval_every=1_000_000)
+        results[device] = Run(config, images=cifar_images).run_to_end()
+    cpu, cuda = results["cpu"], results["cuda"]
+    print(f"{algorithm}: cuda {cuda.evaluation.fooling_ratio:.3f} cpu {cpu.evaluation.fooling_ratio:.3f} random "
+          f"{cuda.random_evaluation.fooling_ratio:.3f}; {cuda.seconds:.1f} s vs {cpu.seconds:.1f} s")
+    assert cuda.info["device"].startswith("cuda") and "compile_error" not in cuda.info
+    assert cuda.delta.abs().max().item() <= EPS + 1e-7
+    assert cuda.info["image_gradients"] >= 3000 or cuda.reason != "budget"
+    assert cuda.evaluation.fooling_ratio > cuda.random_evaluation.fooling_ratio
+    assert abs(cuda.evaluation.fooling_ratio - cpu.evaluation.fooling_ratio) <= 0.1

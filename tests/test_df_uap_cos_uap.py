@@ -9,31 +9,23 @@
 """
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from uap_core.algorithms import AttackSetup, get_algorithm
 from uap_core.images import load_images
-from uap_core.models import Classifier, ModelSpec
 from uap_core.params import parse_params
 from uap_core.report import perturbation_report
 from uap_core.run import Run, RunConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/toys.py, whatever pytest's import mode
+from toys import toy_model  # noqa: E402
+
 EPS = 10 / 255
-
-
-def toy_model(classes: int = 5, seed: int = 0) -> Classifier:
-    torch.manual_seed(seed)
-    network = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, classes))
-    spec = ModelSpec(name="toy", title="toy", family="test", dataset="cifar10", input_size=4, resize_size=4,
-                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    model = Classifier(network, spec)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def setup_for(model, n=16, seed=0, target=None, eps=EPS, clean_logits=False):
