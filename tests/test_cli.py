@@ -87,3 +87,20 @@ def test_list_models_json():
     listed = {m["name"]: m for m in json.loads(done.stdout)}
     assert listed["efficientnet_lite0"]["state"] == "available"
     assert listed["vgg16"]["state"] in ("available", "needs download")
+
+
+def test_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
+    """--out naming an existing file: one line, exit 2, and no run is started (it is checked first)."""
+    from uap_core.__main__ import main
+
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    assert main(["generate", "--model", "cifar_resnet20", "--images", "/no/such/data.npz", "--out",
+                 str(existing)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "is a file, not a folder" in lines[0], lines
+    assert existing.read_text() == "keep me"
+    (tmp_path / "blocker").write_text("")
+    assert main(["generate", "--out", str(tmp_path / "blocker" / "sub")]) == 2  # a parent that is a file
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot create the output folder" in lines[0], lines

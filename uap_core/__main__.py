@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -157,6 +158,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                        holdout_views=args.holdout_views, keep=args.keep,
                        compile=args.compile, max_image_gradients=args.max_image_gradients)
     run = Run(config)
+    out = _output_folder(args.out)  # checked before the run, so a bad --out costs no run
     bar = None
     interactive = sys.stderr.isatty() and not args.json
     try:
@@ -188,8 +190,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     eps255 = f"{result.config.eps * 255:g}".replace(".", "p")
     name = safe_name(args.name or f"{result.config.model}_{result.config.algorithm}_{result.config.norm}_"
                                   f"{eps255}_seed{result.config.seed}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     path = save_uap(result.delta, result.metadata(), out / f"{name}.safetensors")
     summary = {**result.summary(), "artifact": str(path)}
     if args.json:
@@ -273,6 +273,20 @@ COMMANDS = {"list-models": cmd_list_models, "generate": cmd_generate, "evaluate"
             "transfer": cmd_transfer}
 
 
+def _output_folder(text: str) -> Path:
+    """The --out folder, created if needed; UAPError when it is a file or cannot be created or written."""
+    out = Path(text).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UAPError(f"--out {out} is a file, not a folder: name a folder for the artifacts")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UAPError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK):
+        raise UAPError(f"the output folder {out} is not writable")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -287,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file system refusal anywhere (disk full, permissions): one line, not a traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def torch_oom() -> type[BaseException]:
