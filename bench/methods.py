@@ -41,7 +41,7 @@ def defaults(name: str) -> str:
         value = field["default"]
         if value is None or field["choices"]:
             continue
-        shown.append(f"{field['name']} {value:g}" if isinstance(value, float) else f"{field['name']} {value}")
+        shown.append(f"{field['name']} {value:.3g}" if isinstance(value, float) else f"{field['name']} {value}")
     return ", ".join(shown)
 
 

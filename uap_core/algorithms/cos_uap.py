@@ -55,6 +55,8 @@ class CosUAP(AdamUAPAlgorithm):
     summary = "Adam on δ minimising the cosine between perturbed and clean logit vectors; needs no labels."
     paper = ("Zhang, Benz, Karjauv, Kweon, Data-free Universal Adversarial Perturbation and Black-box Attack, "
              "ICCV 2021")
+    differs = ("No official code: the paper's equations; lr, batch and iterations from DF-UAP; the data-free jigsaw "
+               "variant is not implemented")
     family = "data-driven"
     supports_targeted = False
     uses_clean_logits = True

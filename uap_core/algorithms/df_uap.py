@@ -68,6 +68,8 @@ class DFUAP(AdamUAPAlgorithm):
     summary = "Adam on δ minimising the clean label's clamped logit margin; works from any proxy images."
     paper = ("Zhang, Benz, Imtiaz, Kweon, Understanding Adversarial Examples from the Mutual Influence of Images "
              "and Perturbations, CVPR 2020")
+    differs = ("Labels = clean predictions (official loop: the loader's labels); x + δ clamped to [0, 1] (official: "
+               "not clamped); epochs over a fixed fit set instead of 2,000 randomly cropped batches")
     family = "data-driven"
     supports_targeted = True
     default_epochs = 6  # 6 · ceil(10,000 / 32) = 1,878 iterations ≈ the official 2,000

@@ -118,6 +118,8 @@ class SVUAP(UAPAlgorithm):
     title = "SV-UAP (singular vectors of hidden-layer Jacobians, Khrulkov & Oseledets 2018)"
     summary = "The (∞, q)-singular vector of a hidden layer's Jacobian over 64 images, by the power method."
     paper = "Khrulkov & Oseledets, Art of singular vectors and universal adversarial perturbations, CVPR 2018"
+    differs = ("δ's sign chosen per iteration by the fooling ratio on the same 64 images; J v scaled before ψ_q (fp32 "
+               "overflow at q 10); always fp32; the layer chosen by position")
     family = "data-driven"
     supports_targeted = False
     default_epochs = 1
