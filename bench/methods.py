@@ -7,6 +7,7 @@ the fit images; their budget counts the passes over δ and their artificial prio
 
     python bench/methods.py                                   # CIFAR-10 ResNet-20 from ../shared, 8/255, 20k each
     python bench/methods.py --markdown bench/methods.md --seeds 0 1
+    python bench/methods.py --methods gd_uap --eval-every 2000     # also the held-out curve of each run
     python bench/methods.py --model efficientnet_lite0 --images /data/imagenet-val --eps 10/255 --fit 1000 \\
         --holdout 1000 --budget 100000 --device cuda
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="also measure the held-out fooling ratio every this many steps and print the curve")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = model.spec
     images = load_images(args.images, spec.input_size, spec.resize_size, list(spec.class_names))
     base = RunConfig(model=args.model, eps=args.eps, images=args.images, fit=args.fit, holdout=args.holdout,
-                     device=str(device), max_image_gradients=args.budget, keep="last", eval_every=1_000_000)
+                     device=str(device), max_image_gradients=args.budget, keep="last",
+                     eval_every=args.eval_every or 1_000_000)
     rows = []
     for name in args.methods:
         results = []
@@ -76,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"(random {result.random_evaluation.fooling_ratio:.3f}), {result.steps} steps, "
                   f"{result.info['image_gradients']} image-gradients, {results[-1][1]:.0f} s, {result.reason}",
                   flush=True)
+            if args.eval_every:
+                curve = [f"{h['step']}: {h['fooling_ratio']:.3f}" for h in result.history if h["kind"] == "eval"]
+                last = [h for h in result.history if h["kind"] == "step"][-1]
+                print(f"         held-out curve (step: fooling ratio) {', '.join(curve)}; last δ: L∞ "
+                      f"{result.delta.abs().max().item() * 255:.2f}/255, times halved {last.get('rescales', 0)}",
+                      flush=True)
         cls = ALGORITHMS[name]
         rows.append({
             "method": name, "family": cls.family, "paper": cls.paper, "defaults": defaults(name),
