@@ -95,7 +95,7 @@ def _layout(fig: go.Figure, title: str, y_title: str, y_range: tuple[float, floa
             height: int = 280, x_title: str = "step") -> go.Figure:
     fig.update_layout(
         title={"text": title, "font": {"size": 14}}, height=height, margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        xaxis_title=x_title, yaxis_title=y_title, legend={"orientation": "h", "y": -0.25, "font": {"size": 10}},
+        xaxis_title=x_title, yaxis_title=y_title, legend={"orientation": "h", "y": -0.32, "font": {"size": 10}},
         hovermode="x unified", uirevision=title)
     if y_range:
         fig.update_yaxes(range=list(y_range))

@@ -72,7 +72,9 @@ def delta_and_histogram(snap: JobSnapshot, key: str) -> None:
         if snap.delta is not None:
             widgets.perturbation_image(snap.delta)
             if snap.result is not None:
-                st.caption("The kept δ (best fit-set fooling ratio at an evaluation).")
+                kept_best = snap.result.info.get("keep", snap.result.config.keep) == "best"
+                st.caption("The kept δ (best fit-set fooling ratio at an evaluation)." if kept_best
+                           else "The run's last δ (the run keeps its last).")
             else:
                 st.caption("The current δ of the run.")
         else:

@@ -124,6 +124,13 @@ class UAPAlgorithm:
         generator = self.setup.generator
         return torch.randperm(n, generator=generator, device=generator.device).to(self.device, non_blocking=True)
 
+    def permutations(self, n: int, count: int) -> torch.Tensor:
+        """``count`` random permutations of 0..n-1, (count, n) int64 on the device: the same draws as ``count`` calls
+        of :meth:`permutation`, moved to the device in one copy (SGA's inner steps draw all theirs at once)."""
+        generator = self.setup.generator
+        drawn = torch.stack([torch.randperm(n, generator=generator, device=generator.device) for _ in range(count)])
+        return drawn.to(self.device, non_blocking=True)
+
     def epoch_batches(self) -> list[torch.Tensor]:
         """One epoch's shuffled mini-batches of fit-image indices (on the device)."""
         return list(self.permutation(self.num_images).split(self.batch_size()))

@@ -56,8 +56,9 @@ class SGA(UAPAlgorithm):
         fooled = torch.zeros((), device=self.device)
 
         d_in = self.delta.clone()
+        picks = self.permutations(len(indices), inner_steps)[:, :m]  # m distinct images per inner step
         for j in range(inner_steps):
-            pick = self.permutation(len(indices))[:m]
+            pick = picks[j]
             g, batch_loss, batch_fooled = self.gradient(indices[pick], d_in)
             d_in = self.apply(d_in, g, use_momentum=False)
             inner_gradients[j] = g
