@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 
@@ -116,6 +117,14 @@ class ImageSet:
     def as_float(self, device=None) -> torch.Tensor:
         """``pixels / 255`` as float32 (N, 3, H, W) in [0, 1], on ``device`` (default CPU)."""
         return self.pixels.to(device).float().div_(255.0)
+
+    @classmethod
+    def without_pixels(cls, labels: torch.Tensor, names: list[str], source: str = "",
+                       skipped: list[SkippedImage] | None = None) -> ImageSet:
+        """Names and labels of N images whose pixels are not kept (``pixels`` is an empty (N, 3, 0, 0)): what a
+        report of a streamed evaluation lists."""
+        return cls(torch.empty((len(names), 3, 0, 0), dtype=torch.uint8), labels, list(names), list(skipped or []),
+                   source)
 
 
 class _Undecodable(Exception):
@@ -306,10 +315,8 @@ def _fingerprint(files: list[Path]) -> tuple:
     return tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
 
 
-def load_folder(path, size: int, resize: int, class_names: list[str] | None = None,
-                limit: int | None = None) -> ImageSet:
-    """All images under ``path`` (recursive, sorted, hidden files ignored); at most ``limit`` of them."""
-    _check_sizes(size, resize, limit)
+def _folder_files(path, limit: int | None = None) -> tuple[Path, list[str], list[Path]]:
+    """(root, sorted relative names, paths) of the image files under ``path``; at most ``limit``."""
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise ImageSourceError(f"not a folder: {root}")
@@ -323,7 +330,14 @@ def load_folder(path, size: int, resize: int, class_names: list[str] | None = No
         raise ImageSourceError(f"no image files in {root}: accepted extensions are "
                                + ", ".join(IMAGE_EXTENSIONS) + " (any case)")
     rels = sorted(rels)[:limit]
-    files = [root / r for r in rels]
+    return root, rels, [root / r for r in rels]
+
+
+def load_folder(path, size: int, resize: int, class_names: list[str] | None = None,
+                limit: int | None = None) -> ImageSet:
+    """All images under ``path`` (recursive, sorted, hidden files ignored); at most ``limit`` of them."""
+    _check_sizes(size, resize, limit)
+    root, rels, files = _folder_files(path, limit)
     key = ("folder", str(root), size, resize, tuple(class_names) if class_names is not None else None, limit,
            _fingerprint(files))
     return _cached(key, lambda: _decode_many(list(zip(rels, files)), size, resize,
@@ -340,6 +354,14 @@ def _package_dir(name: str) -> Path | None:
 def load_samples(size: int, resize: int, class_names: list[str] | None = None) -> ImageSet:
     """Photos shipped inside installed packages: foolbox's 20 labelled ImageNet images + scikit-image photos (-1)."""
     _check_sizes(size, resize)
+    items, labels = _sample_items(class_names)
+    key = ("samples", size, resize, tuple(class_names) if class_names is not None else None,
+           _fingerprint([p for _, p in items]))
+    return _cached(key, lambda: _decode_many(items, size, resize, labels, "embedded samples", "embedded samples"))
+
+
+def _sample_items(class_names: list[str] | None) -> tuple[list[tuple[str, Path]], list[int]]:
+    """The embedded sample photos: (name, path) items and their labels (-1 where unknown)."""
     imagenet = class_names is None or len(class_names) == 1000
     items: list[tuple[str, Path]] = []
     labels: list[int] = []
@@ -356,9 +378,7 @@ def load_samples(size: int, resize: int, class_names: list[str] | None = None) -
     if not items:
         raise ImageSourceError("no embedded sample images found: install foolbox (pip install foolbox) "
                                "and/or scikit-image (pip install scikit-image)")
-    key = ("samples", size, resize, tuple(class_names) if class_names is not None else None,
-           _fingerprint([p for _, p in items]))
-    return _cached(key, lambda: _decode_many(items, size, resize, labels, "embedded samples", "embedded samples"))
+    return items, labels
 
 
 def _npz_array(z, key: str, path: Path) -> np.ndarray:
@@ -370,6 +390,21 @@ def _npz_array(z, key: str, path: Path) -> np.ndarray:
 
 
 def _build_npz(path: Path, size: int, resize: int) -> ImageSet:
+    t, labels = _npz_arrays(path)
+    t = _resize_crop(t, size, resize)
+    return ImageSet(t.contiguous(), labels, [f"#{i}" for i in range(len(t))], [], f"npz {path}")
+
+
+def _resize_crop(t: torch.Tensor, size: int, resize: int) -> torch.Tensor:
+    """(N, 3, h, w) uint8 → (N, 3, size, size): shorter side to ``resize``, centre crop (in chunks of 256)."""
+    if t.shape[2:] != (size, size):
+        t = torch.cat([TF.center_crop(TF.resize(c, [resize], antialias=True), [size, size])
+                       for c in t.split(256)])
+    return t
+
+
+def _npz_arrays(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked images (N, 3, h, w) uint8 (a view of the array) and labels (N,) int64 of a .npz."""
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
@@ -403,11 +438,7 @@ def _build_npz(path: Path, size: int, resize: int) -> ImageSet:
     if len(x) == 0:
         raise ImageSourceError(f"{path}: holds no images")
     t = torch.from_numpy(np.ascontiguousarray(x if x.shape[3] == 3 else x.transpose(0, 2, 3, 1))).permute(0, 3, 1, 2)
-    if t.shape[2:] != (size, size):
-        t = torch.cat([TF.center_crop(TF.resize(c, [resize], antialias=True), [size, size])
-                       for c in t.split(256)])
-    labels = torch.from_numpy(y.astype(np.int64)).clamp_(min=-1)
-    return ImageSet(t.contiguous(), labels, [f"#{i}" for i in range(len(t))], [], f"npz {path}")
+    return t, torch.from_numpy(y.astype(np.int64)).clamp_(min=-1)
 
 
 def load_npz(path, size: int, resize: int) -> ImageSet:
@@ -454,3 +485,186 @@ def load_images(source: str | os.PathLike, size: int, resize: int, class_names: 
             label = torch.tensor([_labeller(class_names)(p.name)], dtype=torch.int64)
             return ImageSet(pixels, label, [p.name], [], f"file {p}")
     return s.subset(range(min(limit, len(s)))) if limit is not None else s
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+STREAM_CHOICES = ("auto", "on", "off")
+STREAM_ABOVE = 5000  # "auto" streams a folder of more image files than this
+
+
+class ImageStream(torch.utils.data.Dataset):
+    """Images listed but not decoded: each is read, decoded, resized and cropped when it is asked for — by the
+    worker processes of a DataLoader (:func:`stream_batches`) — so a set of any size never sits in memory at once.
+
+    Item i → (pixels (3, size, size) uint8, label int, ok bool), prepared exactly as the in-memory loaders
+    prepare it (same decoding, resize and crop); an undecodable file gives zeros and ok=False, and evaluation
+    leaves it out. Files (folder, samples, single file) are read one by one; a ``.npz`` archive is read whole
+    (its arrays are not seekable) and only the resized copies are made one by one.
+
+    Split / subset like :class:`ImageSet`, with the same seeded permutation: on a folder where every file
+    decodes, ``stream.split(f, h, seed)`` holds the same images in the same order as ``ImageSet.split`` (with
+    undecodable files the in-memory split permutes only the decodable ones, so the two can differ).
+    """
+
+    def __init__(self, items: list[tuple[str, Path]] | None, labels: torch.Tensor, size: int, resize: int,
+                 source: str, array: torch.Tensor | None = None, positions: list[int] | None = None) -> None:
+        self.items = items  # (name, path) of every listed file (None for an array source)
+        self.array = array  # (M, 3, h, w) uint8 for a .npz source
+        self.all_labels = labels  # (M,) int64 of every listed image
+        self.size, self.resize, self.source = size, resize, source
+        total = len(items) if items is not None else int(array.shape[0])  # type: ignore[union-attr]
+        self.positions = list(range(total)) if positions is None else list(positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """(N,) int64, -1 where unknown (from file or folder names: nothing is decoded)."""
+        return self.all_labels[torch.as_tensor(self.positions, dtype=torch.long)]
+
+    @property
+    def names(self) -> list[str]:
+        if self.items is not None:
+            return [self.items[i][0] for i in self.positions]
+        return [f"#{i}" for i in self.positions]
+
+    @property
+    def skipped(self) -> list[SkippedImage]:
+        return []  # unknown until decoded
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+        position = self.positions[i]
+        label = int(self.all_labels[position])
+        if self.array is not None:
+            picture = _resize_crop(self.array[position:position + 1], self.size, self.resize)[0].contiguous()
+            return picture, label, True
+        try:
+            return _decode(Path(self.items[position][1]).read_bytes(), self.size, self.resize), label, True
+        except (_Undecodable, OSError):
+            return torch.zeros((3, self.size, self.size), dtype=torch.uint8), label, False
+
+    def subset(self, indices) -> ImageStream:
+        """The images at ``indices`` (positions in this stream), still undecoded."""
+        idx = torch.as_tensor(list(indices) if isinstance(indices, range) else indices, dtype=torch.long).reshape(-1)
+        return ImageStream(self.items, self.all_labels, self.size, self.resize, self.source, self.array,
+                           [self.positions[i] for i in idx.tolist()])
+
+    def split(self, fit: int, holdout: int, seed: int) -> tuple[ImageStream, ImageStream]:
+        """As :meth:`ImageSet.split`: a seeded permutation, first ``fit`` to fit, next ``holdout`` held out."""
+        n = len(self)
+        if not (isinstance(fit, int) and isinstance(holdout, int)) or fit < 1 or holdout < 1 or fit + holdout > n:
+            raise ParameterError(
+                f"cannot split {n} images into {fit} to fit and {holdout} held out: need fit >= 1, "
+                f"held-out >= 1 and fit + held-out <= {n} (the number of images listed)")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+        return self.subset(perm[:fit]), self.subset(perm[fit:fit + holdout])
+
+    def decode(self) -> ImageSet:
+        """All of these images in memory (what fitting needs); undecodable files go to ``skipped``."""
+        if self.array is not None:
+            pixels = _resize_crop(self.array[torch.as_tensor(self.positions, dtype=torch.long)], self.size,
+                                  self.resize)
+            return ImageSet(pixels.contiguous(), self.labels, self.names, [], self.source)
+        if not self.positions:
+            return ImageSet(torch.empty((0, 3, self.size, self.size), dtype=torch.uint8),
+                            torch.empty(0, dtype=torch.int64), [], [], self.source)
+        items = [self.items[i] for i in self.positions]  # type: ignore[index]
+        return _decode_many(items, self.size, self.resize, self.labels.tolist(), self.source, self.source)
+
+
+def open_stream(source: str | os.PathLike, size: int, resize: int, class_names: list[str] | None = None,
+                limit: int | None = None) -> ImageStream:
+    """List ``"samples"``, a folder, a ``.npz`` or an image file as an :class:`ImageStream` (nothing decoded;
+    labels as :func:`load_images` finds them); at most ``limit`` images."""
+    _check_sizes(size, resize, limit)
+    if isinstance(source, str) and source.strip() == "samples":
+        items, labels = _sample_items(class_names)
+        stream = ImageStream(items, torch.tensor(labels, dtype=torch.int64), size, resize, "embedded samples")
+    else:
+        p = Path(source).expanduser().resolve()
+        if p.is_dir():
+            root, rels, files = _folder_files(p, limit)
+            labels = torch.tensor(list(map(_labeller(class_names), rels)), dtype=torch.int64)
+            return ImageStream(list(zip(rels, files)), labels, size, resize, f"folder {root}")
+        if not p.is_file():
+            raise ImageSourceError(f"no such file or folder: {p}")
+        if p.suffix.lower() == ".npz":
+            array, labels = _npz_arrays(p)
+            stream = ImageStream(None, labels, size, resize, f"npz {p}", array=array)
+        else:
+            labels = torch.tensor([_labeller(class_names)(p.name)], dtype=torch.int64)
+            return ImageStream([(p.name, p)], labels, size, resize, f"file {p}")
+    return stream.subset(range(min(limit, len(stream)))) if limit is not None else stream
+
+
+def should_stream(choice: str, source: str | os.PathLike) -> bool:
+    """Whether to stream ``source``: ``choice`` "on", "off", or "auto" — a folder of more than
+    :data:`STREAM_ABOVE` image files (listing it decodes nothing)."""
+    if choice not in STREAM_CHOICES:
+        raise ParameterError(f"stream {choice!r} is not allowed; choose one of {', '.join(STREAM_CHOICES)}")
+    if choice != "auto":
+        return choice == "on"
+    if isinstance(source, str) and source.strip() == "samples":
+        return False
+    p = Path(source).expanduser()
+    if not p.is_dir():
+        return False
+    try:
+        return len(_folder_files(p)[1]) > STREAM_ABOVE
+    except ImageSourceError:
+        return False
+
+
+def default_workers() -> int:
+    """DataLoader worker processes per rank: the machine's cores shared by its ranks, 1 to 8."""
+    from .distributed import local_world_size
+
+    return max(1, min(8, (os.cpu_count() or 1) // local_world_size()))
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # decoding is per image: one thread each, the worker processes run side by side
+
+
+def _collate(items: list[tuple[torch.Tensor, int, bool]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pixels, labels, ok = zip(*items)
+    return torch.stack(pixels), torch.tensor(labels, dtype=torch.int64), torch.tensor(ok, dtype=torch.bool)
+
+
+STREAM_CHUNK = 64  # images per DataLoader batch: what a worker hands over through shared memory at once
+
+
+def stream_batches(images: ImageStream, positions: range, batch_size: int, workers: int | None = None,
+                   pin_memory: bool = False, chunk: int = STREAM_CHUNK):
+    """Batches of ``images[positions]`` in order, ``batch_size`` images each (the last one smaller): (pixels
+    (b, 3, size, size) uint8, labels (b,) int64, ok (b,) bool).
+
+    ``workers`` processes decode (None: :func:`default_workers`; 0: in this process) and hand over chunks of at
+    most ``chunk`` images that never straddle two batches; at most 2·workers chunks are in flight, so memory does
+    not grow with the number of images (nor with a large batch: the shared-memory segments stay small).
+    pin_memory: the batches in page-locked memory, for asynchronous copies to a GPU.
+    """
+    part = images.subset(positions)
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 0:
+        raise ParameterError(f"workers = {workers} must be 0 (decode in this process) or more")
+    batch_size, chunk = max(1, int(batch_size)), max(1, int(chunk))
+    chunks = [list(range(start, min(start + chunk, stop, len(part))))
+              for stop in range(batch_size, len(part) + batch_size, batch_size)
+              for start in range(stop - batch_size, min(stop, len(part)), chunk)]
+    workers = min(workers, len(chunks))
+    loader = torch.utils.data.DataLoader(
+        part, batch_sampler=chunks, num_workers=workers, collate_fn=_collate,
+        worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
+        persistent_workers=False)
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    count, done = 0, 0
+    for piece in loader:
+        pending.append(piece)
+        count += len(piece[0])
+        if count == min(batch_size, len(part) - done):
+            pixels, labels, ok = (torch.cat(parts) if len(pending) > 1 else parts[0] for parts in zip(*pending))
+            yield (pixels.pin_memory() if pin_memory else pixels), labels, ok
+            done += count
+            pending, count = [], 0

@@ -22,12 +22,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from . import metrics
+from . import distributed, metrics
 from .algorithms import AttackSetup, UAPAlgorithm, get_algorithm
 from .errors import ParameterError
 from .ensemble import members_of
 from .evaluation import Evaluation, evaluate, predict_labels, predict_logits, predict_top1
-from .images import ImageSet, load_images
+from .images import STREAM_CHOICES, ImageSet, ImageStream, load_images, open_stream, should_stream
 from .models import Classifier, get_spec, load_model, resolve_device
 from .params import check_range, parse_number, parse_params
 
@@ -58,6 +58,12 @@ class RunConfig:
     Without ``epochs``, a budget runs as many epochs as it needs.
     compile: capture SGA's and SGD-UAP's gradient step with torch.compile — on CUDA as CUDA graphs — "on",
     "off", or "auto" (on for CUDA, off on the CPU, where compiling costs about a minute and needs a C++ compiler).
+    stream: read the held-out images from disk batch by batch at every evaluation instead of keeping them in
+    memory — "on", "off", or "auto" (a folder of more than ``images.STREAM_ABOVE`` files); only the fit images
+    are decoded. The same predictions as in memory (a file that cannot be decoded is left out when met).
+    workers: DataLoader processes that decode a streamed set (None: the cores shared by the ranks; 0: none).
+    Under torchrun (several processes) each rank holds one block of the fit images and evaluates its share of
+    the held-out ones; only SGA and SGD-UAP run that way (see ``uap_core.distributed``).
     """
 
     model: str = "efficientnet_lite0"
@@ -82,6 +88,8 @@ class RunConfig:
     keep: str = "best"
     compile: str = "auto"
     max_image_gradients: int | None = None
+    stream: str = "off"
+    workers: int | None = None
 
     def validated(self) -> "RunConfig":
         """A copy with eps parsed and every field checked; ParameterError names the allowed range."""
@@ -95,9 +103,19 @@ class RunConfig:
             raise ParameterError(f"compile {cfg.compile!r} is not allowed; choose one of {', '.join(COMPILE)}")
         if cfg.keep not in KEEP:
             raise ParameterError(f"keep {cfg.keep!r} is not allowed; choose one of {', '.join(KEEP)}")
+        if cfg.stream not in STREAM_CHOICES:
+            raise ParameterError(f"stream {cfg.stream!r} is not allowed; choose one of {', '.join(STREAM_CHOICES)}")
+        if cfg.workers is not None:
+            workers = parse_number(cfg.workers, "workers")
+            check_range("workers", workers, 0, 64)
+            if workers != int(workers):
+                raise ParameterError(f"workers must be a whole number, got {cfg.workers!r}")
+            cfg.workers = int(workers)
         if cfg.precision not in PRECISIONS:
             raise ParameterError(f"precision {cfg.precision!r} is not allowed; choose one of {', '.join(PRECISIONS)}")
         algorithm = get_algorithm(cfg.algorithm)
+        if distributed.is_active() and not algorithm.supports_distributed:
+            raise ParameterError(f"{cfg.algorithm} runs in one process only; under torchrun use sga or sgd_uap")
         spec = get_spec(cfg.model)
         if spec.family == "ensemble" and not algorithm.supports_ensemble:
             raise ParameterError(f"{cfg.algorithm} fits one model at a time; an ensemble ({cfg.model}) needs a "
@@ -260,14 +278,20 @@ class Run:
     # ------------------------------------------------------------------------------------------ setup
     def _prepare(self) -> None:
         cfg = self.config
-        device = resolve_device(cfg.device)
+        device = distributed.local_device(resolve_device(cfg.device))  # several ranks on CUDA: cuda:LOCAL_RANK
         self.model = prepare_model(self._model or load_model(cfg.model, device, weights=cfg.weights), device)
         self.device = device
         self.precision = choose_precision(cfg.precision, device)
         spec = self.model.spec
         size = cfg.input_size or spec.input_size
         resize = round(size * spec.resize_size / spec.input_size)
-        images = self._images or load_images(cfg.images, size, resize, list(spec.class_names))
+        streaming = self._images is None and should_stream(cfg.stream, cfg.images)
+        if streaming and cfg.holdout_views:
+            raise ParameterError("holdout views need the held-out images in memory: leave out stream (or the views)")
+        if streaming:  # listed only: the fit images are decoded below, the held-out ones at every evaluation
+            images = open_stream(cfg.images, size, resize, list(spec.class_names))
+        else:
+            images = self._images or load_images(cfg.images, size, resize, list(spec.class_names))
         if cfg.fit is None and cfg.holdout is None:
             fit, holdout = (len(images) + 1) // 2, len(images) // 2
         else:
@@ -276,10 +300,19 @@ class Run:
         if len(images) < 2:
             raise ParameterError(f"need at least 2 images (1 to fit, 1 held out); the source has {len(images)}")
         self.fit_set, self.holdout_set = images.split(fit, holdout, cfg.seed)
+        if isinstance(self.fit_set, ImageStream) and (cfg.augment or not distributed.is_active()):
+            self.fit_set = self.fit_set.decode()
         if cfg.augment:
             self.fit_set = self.fit_set.augmented(cfg.augment, cfg.seed)
         if cfg.holdout_views:
             self.holdout_set = self.holdout_set.augmented(cfg.holdout_views, cfg.seed + 1)
+        self.fit_shard = None
+        if distributed.is_active():  # each rank holds (and decodes) one block of the fit images
+            bounds, r = distributed.even_bounds(len(self.fit_set), distributed.world_size()), distributed.rank()
+            self.fit_set = self.fit_set.subset(range(bounds[r], bounds[r + 1]))
+            if isinstance(self.fit_set, ImageStream):
+                self.fit_set = self.fit_set.decode()
+            self.fit_shard = distributed.shard_counts(len(self.fit_set))
         self.images = images
         self.generator = torch.Generator().manual_seed(cfg.seed)  # on the CPU: the same draws on every device
         algorithm_class = get_algorithm(cfg.algorithm)
@@ -288,7 +321,7 @@ class Run:
         # a data-free method is handed no fit images at all (only their shape)
         fit_pixels = self.fit_set.pixels[:0] if data_free else self.fit_set.pixels
         self.fit_pixels = fit_pixels.to(device)
-        self.holdout_pixels = self.holdout_set.pixels.to(device)
+        self.holdout_pixels = self.holdout_set if streaming else self.holdout_set.pixels.to(device)
         members = members_of(self.model)
         # each surrogate's own clean logits (N, M, C); the run picks δ by the ensemble's (mean-logit) prediction
         fit_logits = torch.stack([predict_logits(m, self.fit_pixels, None, self.precision) for m in members], 1)
@@ -297,10 +330,12 @@ class Run:
             fit_logits = fit_logits[:, 0]
         attack_labels = fit_logits.argmax(-1)
         self.holdout_clean, self.holdout_clean_confidence = predict_top1(self.model, self.holdout_pixels, None,
-                                                                         self.precision)
+                                                                         self.precision, across_ranks=True,
+                                                                         workers=cfg.workers)
         setup = AttackSetup(self.model, self.fit_pixels, attack_labels, cfg.eps, cfg.norm, cfg.target,
                             self.generator, self.precision, choose_compile(cfg.compile, device),
-                            clean_logits=fit_logits if algorithm_class.uses_clean_logits else None)
+                            clean_logits=fit_logits if algorithm_class.uses_clean_logits else None,
+                            shard=self.fit_shard)
         del fit_logits
         self.algorithm = algorithm_class(setup, params)
         self.params = params
@@ -322,9 +357,17 @@ class Run:
 
     def _evaluate_holdout(self, delta: torch.Tensor) -> Evaluation:
         return evaluate(self.model, self.holdout_pixels, delta, self.holdout_set.labels, self.holdout_clean,
-                        self.config.target, self.precision, clean_confidence=self.holdout_clean_confidence)
+                        self.config.target, self.precision, clean_confidence=self.holdout_clean_confidence,
+                        across_ranks=True, workers=self.config.workers)
 
     def _fit_fooling_ratio(self, delta: torch.Tensor) -> float:
+        if self.fit_shard is not None:  # this rank's part of the first FIT_EVAL_LIMIT fit images; counts summed
+            count = min(self.fit_shard.total, FIT_EVAL_LIMIT)
+            mine = self.fit_shard.local_prefix(count)
+            labels = predict_labels(self.model, self.fit_pixels[:mine], delta, self.precision)
+            hits = (labels == self.config.target) if self.config.target is not None else labels != self.fit_clean[:mine]
+            (hits,) = distributed.all_reduce_sum([hits.sum().reshape(1).cpu()], "all_reduce of the fit fooled count")
+            return (hits.float() / count).item()  # = mean of the 0/1 flags, as in one process
         count = min(len(self.fit_pixels), FIT_EVAL_LIMIT)
         labels = predict_labels(self.model, self.fit_pixels[:count], delta, self.precision)
         if self.config.target is not None:
@@ -339,11 +382,11 @@ class Run:
         self._prepare()
         elapsed = lambda: time.perf_counter() - started  # noqa: E731
         random_eval = self._evaluate_holdout(self.random_delta)
-        clean_eval_accuracy = metrics.accuracy(self.holdout_clean.cpu(), self.holdout_set.labels)
+        clean_eval_accuracy = random_eval.clean_accuracy  # = accuracy(k(x), labels) on the held-out images
         info = {
             "device": str(self.device), "precision": self.precision, "compiled": self.algorithm.compiled,
             "algorithm_family": self.algorithm.family, "keep": "best" if self.keep_best else "last",
-            "fit_images": len(self.fit_pixels),  # 0 for a data-free method
+            "fit_images": self.fit_shard.total if self.fit_shard else len(self.fit_pixels),  # 0 when data-free
             "heldout_images": len(self.holdout_set), "image_source": self.images.source,
             "skipped_images": [dataclasses.asdict(s) for s in self.images.skipped],
             "input_size": list(self.fit_pixels.shape[2:]), "epochs": self.epochs,
@@ -351,6 +394,10 @@ class Run:
             "params": dataclasses.asdict(self.params), "algorithm_title": self.algorithm.title,
             "model_title": self.model.spec.title, "surrogates": [m.spec.name for m in members_of(self.model)],
         }
+        if distributed.is_active():
+            info.update(world_size=distributed.world_size(), backend=distributed.backend())
+        if isinstance(self.holdout_pixels, ImageStream):
+            info.update(streamed=True, heldout_images=random_eval.count)
         history: list[dict[str, Any]] = []
         start_event = RunEvent("start", 0, 0, elapsed(), {
             **info, "total_steps": self.total_steps,
@@ -384,10 +431,13 @@ class Run:
         try:
             for epoch in range(1, self.epochs + 1):
                 for batch in self.algorithm.epoch_batches():
-                    if self._stop.is_set():
+                    stop, late = self._stop.is_set(), cfg.max_seconds is not None and elapsed() > cfg.max_seconds
+                    if distributed.is_active():  # every rank ends at the same step
+                        late = distributed.any_rank(stop or late) and not stop
+                    if stop:
                         reason = "stopped"
                         break
-                    if cfg.max_seconds is not None and elapsed() > cfg.max_seconds:
+                    if late:
                         reason = "time limit"
                         break
                     step_started = time.perf_counter()
@@ -414,6 +464,8 @@ class Run:
                     reason = "converged"
                     break
         except torch.OutOfMemoryError:
+            if distributed.is_active():  # the other ranks wait in a collective: end the whole run
+                raise
             reason = "out of memory"
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -2,6 +2,10 @@
 
 A UAP made for one input size is resampled to another model's size (bilinear; this never raises the L∞ norm),
 and the fooling ratio is measured forward-only on the same images for every model.
+
+Both can stream the images from disk (an :class:`~uap_core.images.ImageStream`: decoded batch by batch in
+DataLoader workers, one pass for all perturbations) and, under torchrun, share the batches among the ranks and
+gather the per-image results; either way the counts are those of the in-memory, one-process evaluation.
 """
 
 from __future__ import annotations
@@ -10,32 +14,76 @@ from dataclasses import dataclass
 
 import torch
 
+from . import distributed, metrics
 from .artifacts import UAPArtifact, resample_delta
-from .evaluation import evaluate
-from .images import ImageSet, load_images
+from .evaluation import evaluate, predict_many, summarise
+from .images import ImageSet, ImageStream, SkippedImage, load_images, open_stream, should_stream
 from .models import Classifier, load_model, resolve_device
-from .report import PerturbationReport, perturbation_report
+from .report import PerturbationReport, perturbation_report, report_from_evaluation
 from .run import choose_precision
 
 
-def images_for(model: Classifier, source: str, limit: int | None = None, input_size: int | None = None) -> ImageSet:
-    """Decode ``source`` at the model's input size and resize policy."""
+def images_for(model: Classifier, source: str, limit: int | None = None, input_size: int | None = None,
+               stream: bool = False) -> ImageSet | ImageStream:
+    """Decode ``source`` at the model's input size and resize policy (stream: only list it, see
+    :class:`ImageStream`)."""
     spec = model.spec
     size = input_size or spec.input_size
-    return load_images(source, size, round(size * spec.resize_size / spec.input_size), list(spec.class_names),
-                       limit=limit)
+    load = open_stream if stream else load_images
+    return load(source, size, round(size * spec.resize_size / spec.input_size), list(spec.class_names), limit=limit)
 
 
-def evaluate_uap(artifact: UAPArtifact, model: Classifier, images: ImageSet, precision: str = "auto",
-                 seed: int = 0, scale: float = 1.0, clean_logits: torch.Tensor | None = None) -> PerturbationReport:
+def evaluate_uap(artifact: UAPArtifact, model: Classifier, images: ImageSet | ImageStream, precision: str = "auto",
+                 seed: int = 0, scale: float = 1.0, clean_logits: torch.Tensor | None = None,
+                 workers: int | None = None) -> PerturbationReport:
     """Fooling ratio, accuracies, dominant labels and per-image predictions of ``scale`` · δ on ``images``,
     with the random baseline of δ's own norm (from the artifact's metadata; L∞ when unknown).
-    clean_logits: (N, C) logits of the clean images if already computed."""
+    clean_logits: (N, C) logits of the clean images if already computed (in memory, one process only).
+    A stream (``workers`` DataLoader processes), or a multi-process run, goes through :func:`streamed_report`."""
     metadata = artifact.metadata if isinstance(artifact.metadata, dict) else {}
     norm = metadata.get("norm") if metadata.get("norm") in ("linf", "l2") else "linf"
     target = metadata.get("target") if isinstance(metadata.get("target"), int) else None
+    if isinstance(images, ImageStream) or distributed.is_active():
+        return streamed_report(model, images, artifact.delta, scale=scale, norm=norm, target=target, seed=seed,
+                               precision=choose_precision(precision, model.device), workers=workers)
     return perturbation_report(model, images, artifact.delta, scale=scale, norm=norm, target=target, seed=seed, clean_logits=clean_logits,
                                precision=choose_precision(precision, model.device))
+
+
+def streamed_report(model: Classifier, images: ImageSet | ImageStream, delta: torch.Tensor, scale: float = 1.0,
+                    norm: str = "linf", target: int | None = None, seed: int = 0, precision: str = "fp32",
+                    workers: int | None = None) -> PerturbationReport:
+    """:func:`~uap_core.report.perturbation_report` in one pass over the images — each batch forwarded clean,
+    with clamp(x + scale·δ) and with the random baseline — shared among the ranks of a multi-process run.
+
+    The same numbers as ``perturbation_report`` on the same images (the same batches, the same three forwards);
+    the report lists the images (names, labels) without keeping their pixels. A streamed file that cannot be
+    decoded is left out (and listed in ``skipped`` of the report's images).
+    """
+    size = (images.size, images.size) if isinstance(images, ImageStream) else tuple(images.pixels.shape[2:])
+    original = tuple(delta.shape[1:])
+    scaled = resample_delta(delta.detach().float().cpu(), size) * float(scale)
+    size_of_delta = float(scaled.abs().max() if norm == "linf" else scaled.norm())
+    noise = None
+    if size_of_delta > 0:
+        generator = torch.Generator().manual_seed(seed)
+        noise = metrics.random_perturbation(tuple(scaled.shape), size_of_delta, norm, generator, "cpu")
+    source = images if isinstance(images, ImageStream) else images.pixels
+    found = predict_many(model, source, [None, scaled] + ([noise] if noise is not None else []), precision,
+                         across_ranks=True, workers=workers)
+    names, truth = images.names, images.labels
+    kept = found.valid.nonzero().flatten().tolist()
+    if len(kept) < len(names):
+        names = [names[i] for i in kept]
+    truth = found.truth if isinstance(images, ImageStream) else truth
+    evaluation = summarise(found.labels[0], found.labels[1], truth, model.spec.class_names, target,
+                           found.confidence[0], found.confidence[1])
+    random_fooling_ratio = metrics.fooling_ratio(found.labels[0], found.argmax[2]) if noise is not None else 0.0
+    skipped = [] if len(kept) == len(found.valid) else [
+        SkippedImage(images.names[i], "cannot be decoded") for i in (~found.valid).nonzero().flatten().tolist()]
+    listed = ImageSet.without_pixels(truth, names, f"{getattr(images, 'source', '')}", skipped)
+    return report_from_evaluation(evaluation, listed, scaled, random_fooling_ratio, model.spec.class_names,
+                                  float(scale), original if original != size else None, target)
 
 
 @dataclass
@@ -62,17 +110,24 @@ class TransferMatrix:
         return "\n".join(rows)
 
 
-def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images: str, device: str = "auto",
+def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images: str | ImageSet, device: str = "auto",
                     limit: int | None = None, precision: str = "auto",
-                    models: dict[str, Classifier] | None = None) -> TransferMatrix:
+                    models: dict[str, Classifier] | None = None, stream: str = "off",
+                    workers: int | None = None) -> TransferMatrix:
     """The black-box table: the held-out fooling ratio of every UAP on every model, forward-only.
 
-    uaps: name → artifact; images: an image source (see images.load_images), decoded once per model size.
+    uaps: name → artifact; images: an image source (see images.load_images), decoded once per model size — or
+    an :class:`ImageSet` already decoded (used as it is for every model, ``limit`` ignored; in one process).
     A model that cannot be loaded (no weights offline, …) gets a row of None and an entry in ``errors``.
+    stream: "on" / "off" / "auto" (see :func:`~uap_core.images.should_stream`): read the images from disk in one
+    pass per model (all UAPs on each batch) through ``workers`` DataLoader processes. Under torchrun the batches
+    are shared among the ranks (streamed or not) and the per-image labels gathered.
     """
+    decoded = images if isinstance(images, ImageSet) else None  # already decoded (e.g. a study's held-out set)
+    streaming = decoded is None and should_stream(stream, images)
     from .errors import UAPError
 
-    resolved = resolve_device(device)
+    resolved = distributed.local_device(resolve_device(device))
     values: list[list[float | None]] = [[None] * len(model_names) for _ in uaps]
     errors: dict[str, str] = {}
     count = 0
@@ -82,10 +137,20 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
         except UAPError as exc:
             errors[name] = str(exc)
             continue
-        image_set = images_for(model, images, limit)
+        chosen = choose_precision(precision, resolved)
+        if streaming or distributed.is_active():
+            image_set = images_for(model, images, limit, stream=streaming)
+            source = image_set if streaming else image_set.pixels
+            size = (image_set.size,) * 2 if streaming else tuple(image_set.pixels.shape[2:])
+            deltas = [resample_delta(artifact.delta, size) for artifact in uaps.values()]
+            found = predict_many(model, source, [None] + deltas, chosen, across_ranks=True, workers=workers)
+            count = found.count
+            for row in range(len(deltas)):
+                values[row][column] = metrics.fooling_ratio(found.labels[0], found.labels[row + 1])
+            continue
+        image_set = decoded if decoded is not None else images_for(model, images, limit)
         count = len(image_set)
         pixels = image_set.pixels.to(resolved)
-        chosen = choose_precision(precision, resolved)
         clean = evaluate(model, pixels, None, precision=chosen).perturbed_labels.to(resolved)
         for row, artifact in enumerate(uaps.values()):
             delta = resample_delta(artifact.delta, tuple(pixels.shape[2:])).to(resolved)

@@ -16,7 +16,8 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .. import metrics
+from .. import distributed, metrics
+from ..distributed import Shard
 from ..ensemble import members_of
 from ..evaluation import autocast
 from ..models import Classifier
@@ -39,6 +40,9 @@ class AttackSetup:
     compile: capture the forward + backward of :meth:`UAPAlgorithm.gradient` with ``torch.compile`` (on CUDA in
     ``mode="reduce-overhead"``: CUDA graphs, which remove the launch overhead of small batches). Falls back to
     eager, once and for good, if compiling fails.
+    shard: in a multi-process run (torchrun), which block of the fit set this rank holds: ``pixels``,
+    ``clean_labels`` and ``clean_logits`` are then that block only, while batch indices keep numbering the whole
+    fit set (``shard.total`` images); None in a single process (the block is everything).
     """
 
     model: Classifier
@@ -51,6 +55,7 @@ class AttackSetup:
     precision: str = "fp32"
     compile: bool = False
     clean_logits: torch.Tensor | None = None
+    shard: Shard | None = None
 
 
 FAMILIES = ("data-driven", "data-free", "generative")
@@ -79,6 +84,7 @@ class UAPAlgorithm:
     uses_clean_logits: ClassVar[bool] = False  # needs AttackSetup.clean_logits
     supports_ensemble: ClassVar[bool] = True  # its loss goes through loss_and_fooled (averaged over the members)
     takes_sign_steps: ClassVar[bool] = True  # δ moves by quantised sign steps (quantisation error is reported)
+    supports_distributed: ClassVar[bool] = False  # runs data-parallel under torchrun (reduces via batch_gradient)
 
     def __init__(self, setup: AttackSetup, params) -> None:
         self.setup = setup
@@ -99,7 +105,8 @@ class UAPAlgorithm:
     # ------------------------------------------------------------------------------------------ data
     @property
     def num_images(self) -> int:
-        return self.setup.pixels.shape[0]
+        """Fit images; in a multi-process run all ranks' together (the batches number them all)."""
+        return self.setup.shard.total if self.setup.shard is not None else self.setup.pixels.shape[0]
 
     @classmethod
     def is_data_free(cls, params=None) -> bool:
@@ -190,6 +197,13 @@ class UAPAlgorithm:
         Returns (g (3, H, W), summed loss (0-d tensor), number of fooled images (0-d tensor)); all stay on the
         device (no sync). Large batches are split into chunks of ``chunk_size`` (set on out-of-memory).
         """
+        gradient, loss_sum, fooled = self.gradient_sum(indices, delta)
+        return gradient / len(indices), loss_sum, fooled
+
+    def gradient_sum(self, indices: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor]:
+        """:meth:`gradient` before the division by ``len(indices)``: Σ_i d/dδ loss_i, the summed loss, the
+        fooled count."""
         gradient = torch.zeros_like(delta)
         loss_sum = torch.zeros((), device=self.device)
         fooled = torch.zeros((), device=self.device)
@@ -199,7 +213,30 @@ class UAPAlgorithm:
             gradient += chunk_grad
             loss_sum += losses.detach().sum()
             fooled += chunk_fooled
-        return gradient / len(indices), loss_sum, fooled
+        return gradient, loss_sum, fooled
+
+    def batch_gradient(self, indices: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                               torch.Tensor]:
+        """:meth:`gradient` over the global batch ``indices``: where a method reduces a gradient.
+
+        One process: exactly :meth:`gradient`. Several (``setup.shard``): each rank sums the gradients of the
+        batch's images it holds, one all_reduce adds the ranks' sums (with the loss sums and fooled counts), and
+        the sum is divided by the whole batch's size — the same mean as in one process, up to float32 summation
+        order (the ranks' partial sums are added in a different order: about 1e-7 relative, which flips the sign
+        of an entry only where the gradient is within rounding of zero). Identical on every rank.
+        """
+        shard = self.setup.shard
+        if shard is None:
+            return self.gradient(indices, delta)
+        local, _sizes = shard.local_share(indices)
+        if len(local):
+            summed, loss_sum, fooled = self.gradient_sum(local, delta)
+        else:
+            summed = torch.zeros_like(delta)
+            loss_sum = torch.zeros((), device=self.device)
+            fooled = torch.zeros((), device=self.device)
+        summed, loss_sum, fooled = distributed.all_reduce_sum([summed, loss_sum, fooled], "all_reduce of the gradient")
+        return summed / len(indices), loss_sum, fooled
 
     def _chunk_gradient(self, chunk: torch.Tensor, delta: torch.Tensor):
         pixels, clean_labels = self.setup.pixels[chunk], self.setup.clean_labels[chunk]

@@ -5,6 +5,10 @@ Mummadi et al. ICCV 2019), as the SGA paper's official code runs its baseline:
         y = k(X)
         g = ∇_δ mean(min(CE(f(clamp(X + δ)), y), beta))
         δ = clamp(δ + step · sign(g), -eps, eps)          # step = 0.1 · eps
+
+Data-parallel (torchrun, R ranks): every rank draws the same batch X; each computes the summed gradient of the
+images of X it holds, one all_reduce adds them, and the sum is divided by |X| — the same g and the same δ on
+every rank, equal to one process's up to float32 summation order (see ``UAPAlgorithm.batch_gradient``).
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ class SGDUAP(UAPAlgorithm):
     paper = "Shafahi et al., AAAI 2020; Mummadi et al., ICCV 2019"
     differs = "As the SGA paper's official baseline (clamped CE, sign step 0.1·eps); momentum optional"
     Params = SGDUAPParams
+    supports_distributed = True
 
     def step(self, indices: torch.Tensor) -> dict[str, float]:
-        g, loss_sum, fooled = self.gradient(indices, self.delta)
+        g, loss_sum, fooled = self.batch_gradient(indices, self.delta)  # several ranks: all-reduced (base.py)
         self.delta = self.apply(self.delta, g)
         self.sign_ops += self.setup.norm == "linf"
         stats = {"loss": (loss_sum / len(indices)).item(),
