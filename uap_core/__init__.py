@@ -8,3 +8,5 @@ Importing it before torch makes OpenMP's waiting threads sleep instead of spin (
 import os as _os
 
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+__version__ = "0.4.0"

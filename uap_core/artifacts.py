@@ -13,8 +13,11 @@ On disk an artifact is three siblings sharing one stem::
 Every file is written atomically (temporary file in the same folder, fsync, ``os.replace``), and the three are
 committed together: if any write fails, a previous artifact of the same name is left byte-identical.
 
-Loading never unpickles arbitrary objects: ``.pt``/``.pth`` go through ``torch.load(weights_only=True)``, ``.npy``
-through ``np.load(allow_pickle=False)``, and a ``.safetensors`` name must hold safetensors content.
+Loading never unpickles: ``.pt``/``.pth`` are read by :func:`uap_core.published.read_torch_file` (the pickle's
+opcodes are walked, nothing is imported or called; only tensors are taken), ``.npy`` through
+``np.load(allow_pickle=False)``, ``.mat`` through ``scipy.io.loadmat``, and a ``.safetensors`` name must hold
+safetensors content. Published perturbations (the UAP paper's ``.mat``, GD-UAP's and TRM-UAP's ``.npy``,
+SGD-UAP's ``.pth``) are converted to 3×H×W pixel units on load: see :mod:`uap_core.published`.
 
     >>> import torch
     >>> path = save_uap(torch.zeros(3, 32, 32), {"model": "cifar_resnet20", "eps": 8 / 255}, "/tmp/demo")
@@ -28,13 +31,10 @@ import io
 import json
 import math
 import os
-import pickle
 import platform
-import re
 import secrets
 import shutil
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from . import published
 from .errors import ArtifactError, ParameterError
 
 FORMAT_VERSION = 1
@@ -62,6 +63,7 @@ TEMP_SUFFIX = ".tmp"  # temporary files are hidden (leading ".") and end with th
 _MAGIC_ZIP = b"PK\x03\x04"  # torch.save's default (zip) container
 _MAGIC_NPY = b"\x93NUMPY"
 _MAGIC_PICKLE = b"\x80"  # pickle protocol >= 2 (torch's legacy format, plain pickle.dump)
+_MAGIC_MAT = b"MATLAB"  # the text header of MATLAB v5/v7/v7.3 .mat files
 
 
 @dataclass
@@ -489,9 +491,11 @@ def save_uap(delta: torch.Tensor, metadata: dict, path: str | os.PathLike, png: 
 
 
 def _sniff(data: bytes) -> str | None:
-    """Guess a file's format from its first bytes: "safetensors", "zip", "pickle", "npy" or None."""
+    """Guess a file's format from its first bytes: "safetensors", "zip", "pickle", "npy", "mat" or None."""
     if data.startswith(_MAGIC_NPY):
         return "npy"
+    if data.startswith(_MAGIC_MAT):
+        return "mat"
     if data.startswith(_MAGIC_ZIP):
         return "zip"
     if len(data) >= 10:  # before the pickle check: a header length of 128 + 256k also starts with 0x80
@@ -507,6 +511,7 @@ _DESCRIPTIONS = {
     "zip": "a zip archive (e.g. a torch.save checkpoint)",
     "pickle": "a Python pickle, which is never unpickled from a .safetensors name",
     "npy": "a NumPy .npy array",
+    "mat": "a MATLAB .mat file",
     None: "unrecognised content",
 }
 
@@ -539,21 +544,9 @@ def _decode_safetensors(data: bytes, source: str) -> tuple[torch.Tensor, dict[st
 
 
 def _decode_torch(data: bytes, source: str) -> torch.Tensor:
-    """``torch.load(weights_only=True)``: plain tensors only; anything needing other globals is refused."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f" (it references {found.group(1)})" if found else ""
-        raise ArtifactError(
-            f"refused to load {source}: it is not a plain tensor file{what}. Only tensors are read from .pt/.pth "
-            "files, because unpickling other objects can run arbitrary code; save the perturbation with "
-            "torch.save(delta, path) or as .safetensors"
-        ) from None
-    except Exception as e:
-        raise ArtifactError(f"{source} is not a readable PyTorch file: {e}") from e
+    """A torch.save file (zip or legacy), read by :func:`uap_core.published.read_torch_file` without unpickling:
+    a tensor, or a dict with a "delta" tensor (or exactly one tensor); anything else is refused."""
+    obj = published.read_torch_file(data, source)
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, dict):
@@ -586,23 +579,27 @@ def _decode_npy(data: bytes, source: str) -> torch.Tensor:
     return _numpy_to_tensor(arr, source)
 
 
-def _decode(data: bytes, name: str) -> tuple[torch.Tensor, dict | None, str]:
+def _decode(data: bytes, name: str, conversion: published.Conversion = published.Conversion()
+            ) -> tuple[torch.Tensor, dict | None, str]:
     """Decode file content into (raw tensor, embedded metadata or None, format).
 
-    ``.safetensors`` must hold safetensors; ``.pt``/``.pth``/``.npy`` and unknown suffixes are dispatched on the
-    content's magic bytes (all three readers are safe), falling back on the suffix.
+    ``.safetensors`` must hold safetensors (read as is: the native format); ``.pt``/``.pth``/``.npy``/``.mat`` and
+    unknown suffixes are dispatched on the content's magic bytes (all the readers are safe), falling back on the
+    suffix, and then converted from the published layouts (:func:`uap_core.published.convert`); a conversion is
+    recorded as ``{"metadata_missing": True, "published": {...}}``.
     """
     suffix = Path(name).suffix.lower()
     sniffed = _sniff(data)
     if suffix == SAFETENSORS_SUFFIX and sniffed != "safetensors":
         raise ArtifactError(f"{name} is not a safetensors file: its content looks like {_DESCRIPTIONS[sniffed]}")
-    kind = {"safetensors": "safetensors", "zip": "torch", "pickle": "torch", "npy": "npy"}.get(sniffed or "")
+    kind = {"safetensors": "safetensors", "zip": "torch", "pickle": "torch", "npy": "npy", "mat": "mat"}.get(
+        sniffed or "")
     if kind is None:
-        kind = {".pt": "torch", ".pth": "torch", ".npy": "npy"}.get(suffix)
+        kind = {".pt": "torch", ".pth": "torch", ".npy": "npy", ".mat": "mat"}.get(suffix)
     if kind is None:
         raise ArtifactError(
-            f"{name}: unsupported file; a perturbation must be a .safetensors, .pt/.pth (plain tensor) "
-            "or .npy file"
+            f"{name}: unsupported file; a perturbation must be a .safetensors, .pt/.pth (plain tensor), .npy "
+            "or .mat (the UAP paper's) file"
         )
     if kind == "safetensors":
         tensor, header_meta = _decode_safetensors(data, name)
@@ -610,8 +607,16 @@ def _decode(data: bytes, name: str) -> tuple[torch.Tensor, dict | None, str]:
         meta = _parse_metadata(embedded, f"{name} (embedded metadata)") if embedded is not None else None
         return tensor, meta, kind
     if kind == "torch":
-        return _decode_torch(data, name), None, kind
-    return _decode_npy(data, name), None, kind
+        raw: Any = _decode_torch(data, name)
+    elif kind == "mat":
+        raw = published.read_mat(data, name)
+        if raw.dtype.kind in "iu":  # MATLAB integer classes: the 0-255 scale
+            raw = raw.astype(np.float64)
+    else:
+        raw = _decode_npy(data, name)
+    tensor, record = published.convert(raw, name, kind, conversion)
+    meta = {"metadata_missing": True, "published": record} if record is not None else None
+    return tensor, meta, kind
 
 
 def _finish(
@@ -650,18 +655,26 @@ def load_uap(
     resize: bool = False,
     eps: float | None = None,
     norm: str = "linf",
+    layout: str = "auto",
+    scale: str | float = "auto",
+    channels: str = "auto",
 ) -> UAPArtifact:
     """Load and validate a perturbation file.
 
     Args:
         path: a ``.safetensors`` (metadata from the sibling ``.json``, else from the embedded header, else
-            ``{"metadata_missing": True}``), ``.pt``/``.pth`` (tensors only, via ``weights_only=True``) or
-            ``.npy`` (no pickles) file. (1, 3, H, W) is squeezed; fp16/bf16/fp64 become fp32.
+            ``{"metadata_missing": True}``), ``.pt``/``.pth`` (tensors only, read without unpickling), ``.npy``
+            (no pickles) or ``.mat`` file. (1, 3, H, W) is squeezed; fp16/bf16/fp64 become fp32. Published
+            layouts (H×W×C, 0-255, BGR: see :mod:`uap_core.published`) are converted and recorded in
+            ``metadata["published"]``.
         expected_size: the model's input (height, width); a different size is an error unless ``resize``.
         resize: bilinearly resample to ``expected_size`` (antialiased when shrinking) and record
             ``metadata["resized_from"] = [H, W]``.
         eps: budget in pixel units; exceeding it by more than a relative 1e-4 is an error.
         norm: "linf" (max |entry|) or "l2" (Euclidean norm over all entries).
+        layout, scale, channels: override how a non-safetensors array is read: layout "CHW" | "HWC" | "WHC",
+            scale "unit" (pixel units) | "255" (0-255, divided by 255), channels "rgb" | "bgr"; "auto" applies
+            the rules of :mod:`uap_core.published`.
 
     Returns:
         :class:`UAPArtifact` with a (3, h, w) float32 CPU ``delta``.
@@ -672,6 +685,7 @@ def load_uap(
         ParameterError: invalid ``expected_size``, ``eps`` or ``norm``.
     """
     expected_size, eps, norm = _check_load_params(expected_size, eps, norm)
+    conversion = published.Conversion.of(layout, scale, channels)
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -679,7 +693,7 @@ def load_uap(
         raise ArtifactError(f"no such file: {path}") from None
     except OSError as e:
         raise ArtifactError(f"could not read {path}: {e.strerror or e}") from e
-    tensor, embedded, kind = _decode(data, path.name)
+    tensor, embedded, kind = _decode(data, path.name, conversion)
     metadata: dict | None = None
     if kind == "safetensors":
         json_path = _sibling(path, ".json")
@@ -690,6 +704,8 @@ def load_uap(
         except OSError as e:
             raise ArtifactError(f"could not read metadata file {json_path}: {e.strerror or e}") from e
         metadata = _parse_metadata(text, str(json_path)) if text is not None else embedded
+    elif embedded is not None:  # a converted published file: what was done to it
+        metadata = embedded
     if metadata is None:
         metadata = {"metadata_missing": True}
     return _finish(tensor, metadata, path.name, path, expected_size, resize, eps, norm)
@@ -703,17 +719,22 @@ def load_uap_bytes(
     resize: bool = False,
     eps: float | None = None,
     norm: str = "linf",
+    layout: str = "auto",
+    scale: str | float = "auto",
+    channels: str = "auto",
 ) -> UAPArtifact:
     """Like :func:`load_uap` for in-memory content (uploads); ``name`` (the upload's file name) picks the
     format together with the content's magic bytes. Metadata comes from the embedded header of a
-    :func:`uap_to_bytes` file, else ``{"metadata_missing": True}``. ``path`` of the result is None."""
+    :func:`uap_to_bytes` file, else ``{"metadata_missing": True}`` (plus ``"published"`` for a converted
+    published file). ``path`` of the result is None."""
     expected_size, eps, norm = _check_load_params(expected_size, eps, norm)
+    conversion = published.Conversion.of(layout, scale, channels)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ArtifactError(f"{name}: expected file content as bytes, got {type(data).__name__}")
     data = bytes(data)
     if not data:
         raise ArtifactError(f"{name} is empty")
-    tensor, embedded, _ = _decode(data, str(name))
+    tensor, embedded, _ = _decode(data, str(name), conversion)
     metadata = embedded if embedded is not None else {"metadata_missing": True}
     return _finish(tensor, metadata, str(name), None, expected_size, resize, eps, norm)
 

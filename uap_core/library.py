@@ -17,6 +17,7 @@ lie directly inside the root, so no name ("../../etc/x", "/abs/path", "a/b", "..
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import os
 import re
 import unicodedata
@@ -89,6 +90,9 @@ class LibraryEntry:
         shape: (3, H, W) of the perturbation, or None if it could not be read.
         modified: modification time of the ``.safetensors`` file (seconds since the epoch).
         error: why the entry could not be read, or None.
+        source: which library it comes from: "user" (the writable one), "shipped" (the zoo in ``assets/uaps``)
+            or another read-only source's label.
+        read_only: True for entries that cannot be renamed, deleted or overwritten.
     """
 
     name: str
@@ -97,19 +101,29 @@ class LibraryEntry:
     shape: tuple | None
     modified: float
     error: str | None
+    source: str = "user"
+    read_only: bool = False
 
 
 class UAPLibrary:
-    """A folder of saved UAPs: save, list (newest first), load, rename, delete and import uploads."""
+    """A folder of saved UAPs: save, list (newest first), load, rename, delete and import uploads.
 
-    def __init__(self, root: str | os.PathLike) -> None:
-        """Open (and create, with parents) the library folder ``root``."""
+    ``read_only=True`` opens an existing folder (the shipped zoo) for listing and loading only: save, import,
+    rename and delete raise ParameterError, and a missing folder lists as empty instead of being created.
+    ``source`` names the library in its entries (``LibraryEntry.source``).
+    """
+
+    def __init__(self, root: str | os.PathLike, read_only: bool = False, source: str = "user") -> None:
+        """Open (and, unless read-only, create with parents) the library folder ``root``."""
         root_path = Path(root).expanduser()
-        try:
-            root_path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ArtifactError(f"could not create the library folder {root_path}: {e.strerror or e}") from e
-        if not root_path.is_dir():
+        self.read_only = bool(read_only)
+        self.source = source
+        if not read_only:
+            try:
+                root_path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ArtifactError(f"could not create the library folder {root_path}: {e.strerror or e}") from e
+        if root_path.exists() and not root_path.is_dir():
             raise ArtifactError(f"the library folder {root_path} is not a directory")
         self.root = root_path.resolve()
         # list() cache: path -> (file state, entry); reloading every artifact on each UI rerun would be wasteful.
@@ -149,6 +163,10 @@ class UAPLibrary:
             raise ArtifactError(f"the library has no UAP named {name!r}")
         return path
 
+    def _check_writable(self, action: str) -> None:
+        if self.read_only:
+            raise ParameterError(f"cannot {action} the {self.source} library: it is read-only")
+
     @staticmethod
     def _siblings(path: Path) -> list[Path]:
         return [path.with_suffix(s) for s in SIBLING_SUFFIXES]
@@ -164,10 +182,12 @@ class UAPLibrary:
         try:
             artifact = load_uap(path)
         except ArtifactError as e:
-            return LibraryEntry(path.stem, path, {}, None, modified, str(e))
+            return LibraryEntry(path.stem, path, {}, None, modified, str(e), self.source, self.read_only)
         except Exception as e:  # list() must survive anything a stray file can do
-            return LibraryEntry(path.stem, path, {}, None, modified, f"{type(e).__name__}: {e}")
-        return LibraryEntry(path.stem, path, artifact.metadata, tuple(artifact.delta.shape), modified, None)
+            return LibraryEntry(path.stem, path, {}, None, modified, f"{type(e).__name__}: {e}", self.source,
+                                self.read_only)
+        return LibraryEntry(path.stem, path, artifact.metadata, tuple(artifact.delta.shape), modified, None,
+                            self.source, self.read_only)
 
     @staticmethod
     def _state(path: Path) -> tuple:
@@ -185,6 +205,8 @@ class UAPLibrary:
         """All entries, newest first. Corrupt files are listed with ``error`` set instead of raising."""
         entries = []
         seen = set()
+        if not self.root.is_dir():
+            return entries
         for path in self.root.glob(f"*{SAFETENSORS_SUFFIX}"):
             if path.name.startswith(".") or not path.is_file():
                 continue  # temp files of an interrupted save, hidden files
@@ -215,6 +237,7 @@ class UAPLibrary:
             ParameterError: bad name, or an entry of that name exists and ``overwrite`` is False.
             ArtifactError: invalid perturbation or a failed write (the previous entry then stays intact).
         """
+        self._check_writable("save to")
         path = self.path_of(name)
         if path.exists() and not overwrite:
             raise ParameterError(
@@ -229,6 +252,7 @@ class UAPLibrary:
         The content is fully validated by :func:`load_uap_bytes` before anything is written. The original
         file name is recorded in ``metadata["imported_from"]``.
         """
+        self._check_writable("import into")
         path = self.path_of(name)
         if path.exists():
             raise ParameterError(f"a UAP named {path.stem!r} already exists in the library; choose another name")
@@ -248,6 +272,7 @@ class UAPLibrary:
             ArtifactError: no entry ``old``.
             ParameterError: bad name, or an entry (or stray file) named ``new`` exists.
         """
+        self._check_writable("rename in")
         src = self._existing(old)
         dst = self.path_of(new)
         if dst == src:
@@ -279,6 +304,7 @@ class UAPLibrary:
         Raises:
             ArtifactError: no such entry, or a file could not be removed.
         """
+        self._check_writable("delete from")
         path = self._existing(name)
         try:
             for p in self._siblings(path):
@@ -286,6 +312,103 @@ class UAPLibrary:
         except OSError as e:
             raise ArtifactError(f"could not delete {path.stem!r}: {e.strerror or e}") from e
         self._cache.pop(path, None)
+
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "uaps"
+SHIPPED_SOURCE = "shipped"
+
+
+def shipped_dir() -> Path:
+    """The shipped zoo's folder: $UAP_SHIPPED_DIR if set (tests point it at an empty folder), else assets/uaps."""
+    return Path(os.environ.get("UAP_SHIPPED_DIR") or SHIPPED_DIR)
+
+
+def shipped_library(root: str | os.PathLike | None = None) -> UAPLibrary:
+    """The zoo of perturbations shipped with UAP Explorer (``assets/uaps``, built by ``assets/make_zoo.py``),
+    read-only."""
+    return UAPLibrary(root or shipped_dir(), read_only=True, source=SHIPPED_SOURCE)
+
+
+class CombinedLibrary:
+    """One writable library plus read-only sources (the shipped zoo; for a visitor of a class server, also the
+    owner's library), listed and loaded as one.
+
+    Entries of a read-only source are named ``"<source>: <stem>"`` (e.g. ``"shipped: lite0 sga"``). A ``:``
+    never survives :func:`safe_name`, so no user entry can take such a name, and renaming, deleting or
+    overwriting it is refused with a clear message. Everything else goes to the writable library, whose
+    ``root`` this exposes.
+
+        >>> lib = CombinedLibrary(UAPLibrary("/tmp/uap_library"), [shipped_library()])
+        >>> all(e.read_only for e in lib.list() if e.source == "shipped")
+        True
+    """
+
+    def __init__(self, own: UAPLibrary, read_only: builtins.list[UAPLibrary] | tuple = ()) -> None:
+        self.own = own
+        self.sources = {lib.source: lib for lib in read_only}
+        if own.source in self.sources:
+            raise ParameterError(f"two libraries are called {own.source!r}")
+
+    @property
+    def root(self) -> Path:
+        return self.own.root
+
+    @property
+    def read_only(self) -> bool:
+        return self.own.read_only
+
+    def _split(self, name: str) -> tuple[UAPLibrary, str] | None:
+        """(read-only source, stem) for a prefixed name, else None."""
+        if isinstance(name, str) and ": " in name:
+            prefix, stem = name.split(": ", 1)
+            if prefix in self.sources:
+                return self.sources[prefix], stem
+        return None
+
+    def _refuse(self, name: str, action: str) -> None:
+        found = self._split(name)
+        if found is not None:
+            raise ParameterError(f"{name!r} is read-only ({found[0].source} perturbation): it cannot be {action}; "
+                                 "download it or save a copy under another name instead")
+
+    def list(self) -> builtins.list[LibraryEntry]:
+        """Read-only sources' entries first (in their ``zoo.rank`` order, names prefixed), then the writable library's
+        (newest first)."""
+        entries = []
+        for source, lib in self.sources.items():
+            # the zoo's own order (``zoo.rank``, the order of assets/make_zoo.py: the default model's first)
+            ranked = sorted(lib.list(), key=lambda e: ((e.metadata.get("zoo") or {}).get("rank", 1 << 30), e.name))
+            entries += [dataclasses.replace(entry, name=f"{source}: {entry.name}") for entry in ranked]
+        return entries + self.own.list()
+
+    def load(self, name: str, **load_uap_kwargs) -> UAPArtifact:
+        found = self._split(name)
+        if found is not None:
+            return found[0].load(found[1], **load_uap_kwargs)
+        return self.own.load(name, **load_uap_kwargs)
+
+    def path_of(self, name: str) -> Path:
+        found = self._split(name)
+        if found is not None:
+            return found[0]._existing(found[1])
+        return self.own.path_of(name)
+
+    def save(self, name: str, delta: torch.Tensor, metadata: dict, overwrite: bool = False) -> LibraryEntry:
+        self._refuse(name, "overwritten")
+        return self.own.save(name, delta, metadata, overwrite=overwrite)
+
+    def import_bytes(self, name: str, data: bytes, filename: str) -> LibraryEntry:
+        self._refuse(name, "overwritten")
+        return self.own.import_bytes(name, data, filename)
+
+    def rename(self, old: str, new: str) -> LibraryEntry:
+        self._refuse(old, "renamed")
+        self._refuse(new, "overwritten")
+        return self.own.rename(old, new)
+
+    def delete(self, name: str) -> None:
+        self._refuse(name, "deleted")
+        self.own.delete(name)
 
 
 def _move_no_clobber(src: Path, dst: Path) -> None:
@@ -311,4 +434,4 @@ def _undo(done: builtins.list[tuple[Path, Path]]) -> None:
             pass
 
 
-__all__ = ["LibraryEntry", "UAPLibrary", "safe_name"]
+__all__ = ["SHIPPED_DIR", "CombinedLibrary", "LibraryEntry", "UAPLibrary", "safe_name", "shipped_dir", "shipped_library"]

@@ -134,3 +134,63 @@ def perturbed_pixels(pixels: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) pictures of clamp(x + δ, 0, 1), for display and download (rounded to 1/255)."""
     x = pixels.float().div(255) + delta.to(pixels.device)
     return x.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+
+
+@dataclass
+class TopLabels:
+    """The k most probable classes of one image, most probable first. confidences: softmax probabilities."""
+
+    labels: list[int]
+    names: list[str]
+    confidences: list[float]
+
+    def rows(self) -> list[dict]:
+        return [{"rank": i + 1, "label": n, "confidence": c}
+                for i, (n, c) in enumerate(zip(self.names, self.confidences))]
+
+
+@dataclass
+class PhotoReport:
+    """One photo under a perturbation: what the model says before and after.
+
+    clean / perturbed: (3, H, W) uint8 pictures — the perturbed one is clamp(x + scale·δ, 0, 1) rounded to
+    1/255, exactly the picture shown and offered for download, and the one classified (so the top-5 is what the
+    model says of that very file). delta: the scaled (3, H, W) float δ at the photo's size.
+    """
+
+    clean: torch.Tensor
+    perturbed: torch.Tensor
+    delta: torch.Tensor
+    clean_top: TopLabels
+    perturbed_top: TopLabels
+
+    @property
+    def flipped(self) -> bool:
+        """True when the top-1 label changed."""
+        return self.clean_top.labels[0] != self.perturbed_top.labels[0]
+
+
+def _top_labels(logits: torch.Tensor, class_names: tuple[str, ...] | list[str], k: int) -> TopLabels:
+    probabilities = logits.float().softmax(-1)
+    values, indices = probabilities.topk(min(k, probabilities.shape[-1]))
+    labels = [int(i) for i in indices.tolist()]
+    return TopLabels(labels, [class_names[i] for i in labels], [float(v) for v in values.tolist()])
+
+
+def photo_report(model: Classifier, picture: torch.Tensor, delta: torch.Tensor, scale: float = 1.0,
+                 k: int = 5) -> PhotoReport:
+    """The top-``k`` labels of one photo, clean and with ``scale``·δ added.
+
+    picture: (3, H, W) uint8 at the model's input size (see :func:`uap_core.images.decode_image`).
+    delta: (3, h, w) pixel units; resampled to H×W when it differs (bilinear).
+    """
+    if picture.dim() != 3 or picture.dtype != torch.uint8:
+        raise ValueError(f"expected a (3, H, W) uint8 picture, got {tuple(picture.shape)} {picture.dtype}")
+    size = tuple(picture.shape[1:])
+    scaled = resample_delta(delta.detach().float().cpu(), size) * float(scale)
+    clean = picture.cpu()
+    perturbed = perturbed_pixels(clean[None], scaled)[0]
+    batch = torch.stack([clean, perturbed]).to(model.device)
+    logits = predict_logits(model, batch, None, "fp32").cpu()
+    names = model.spec.class_names
+    return PhotoReport(clean, perturbed, scaled, _top_labels(logits[0], names, k), _top_labels(logits[1], names, k))
