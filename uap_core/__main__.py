@@ -1,7 +1,13 @@
-"""The command line: ``python -m uap_core {list-models, generate, evaluate, transfer}``.
+"""The command line: ``python -m uap_core {list-models, generate, evaluate, transfer, study}``.
 
 Thin over run.py, artifacts.py and transfer.py. Errors print one line on stderr and exit 2; Ctrl-C during
 ``generate`` stops the run and still saves the best perturbation so far.
+
+``generate``, ``evaluate`` and ``transfer`` also run as several processes under torchrun
+(``torchrun --nproc_per_node N -m uap_core generate …``; multi-node with torchrun's --nnodes/--rdzv-* flags): the
+process group is joined from torchrun's variables (NCCL on CUDA, gloo on the CPU; see uap_core/distributed.py),
+and rank 0 alone prints and writes, after every rank has finished. ``--stream`` reads large image sets from disk
+batch by batch.
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import distributed
 from .algorithms import ALGORITHMS
 from .errors import UAPError
 from .params import describe
@@ -45,13 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "generate, evaluate and transfer them.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    listing = commands.add_parser("list-models", help="the model registry and what each needs")
+    listing = commands.add_parser("list-models", help="the model registry and what each needs",
+                                  epilog="Besides these names, --model takes: " + "; ".join(_dynamic_forms()),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     listing.add_argument("--json", action="store_true")
-    listing.add_argument("--download", metavar="MODEL", nargs="+", help="download these torchvision weights now")
+    listing.add_argument("--download", metavar="MODEL", nargs="+",
+                         help="download these torchvision (or timm:ARCH) weights now")
 
     generate = commands.add_parser("generate", help="fit a UAP and save it",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    generate.add_argument("--model", default="efficientnet_lite0")
+    generate.add_argument("--model", default="efficientnet_lite0", help=MODEL_HELP)
     generate.add_argument("--algorithm", default="sga", choices=list(ALGORITHMS))
     generate.add_argument("--eps", default="10/255", help="budget in pixel units; n/255 accepted")
     generate.add_argument("--norm", default="linf", choices=["linf", "l2"])
@@ -82,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", default="uaps", help="folder for the .safetensors/.json/.png artifact")
     generate.add_argument("--name", default=None, help="artifact name (default: model_algorithm_norm_eps_seed)")
     generate.add_argument("--json", action="store_true", help="print one final JSON object on stdout")
+    _add_scale_options(generate, "the held-out images")
     hyper = generate.add_argument_group("algorithm hyperparameters (paper defaults when omitted)")
     for name, field in _algorithm_options().items():
         hyper.add_argument("--" + name.replace("_", "-"), dest=f"param_{name}", default=None,
@@ -89,12 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure a saved UAP on a model and images")
     evaluate.add_argument("--uap", required=True)
-    evaluate.add_argument("--model", default="efficientnet_lite0")
+    evaluate.add_argument("--model", default="efficientnet_lite0", help=MODEL_HELP)
     evaluate.add_argument("--images", default="samples")
     evaluate.add_argument("--limit", type=int, default=None, help="use at most this many images")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--weights", default=None)
     evaluate.add_argument("--json", action="store_true")
+    _add_scale_options(evaluate, "the images")
 
     transfer = commands.add_parser("transfer", help="fooling-ratio matrix: UAPs (rows) × models (columns)")
     transfer.add_argument("--uap", nargs="+", required=True)
@@ -103,7 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--limit", type=int, default=None)
     transfer.add_argument("--device", default="auto")
     transfer.add_argument("--json", action="store_true")
+    _add_scale_options(transfer, "the images")
+    _add_study_parser(commands)
     return parser
+
+
+def _add_scale_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--stream and --workers (large image sets; see uap_core.images.ImageStream)."""
+    from .images import STREAM_ABOVE
+
+    group = parser.add_argument_group("large image sets (streaming) and torchrun")
+    group.add_argument("--stream", default="auto", choices=["auto", "on", "off"],
+                       help=f"read {what} from disk batch by batch in DataLoader worker processes instead of decoding "
+                            f"all of them first; the same results (auto: a folder of more than {STREAM_ABOVE} images)")
+    group.add_argument("--workers", type=int, default=None,
+                       help="DataLoader processes decoding a streamed set (default: this machine's cores shared by "
+                            "its ranks, at most 8; 0: decode in the main process)")
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -122,7 +150,21 @@ def cmd_list_models(args: argparse.Namespace) -> int:
     width = max(len(s.spec.name) for s in statuses)
     for s in statuses:
         print(f"{s.spec.name:<{width}}  {s.spec.input_size:>3}px  {s.state:<18} {s.detail}")
+    print("\nalso accepted as --model (resolved on demand):")
+    for form in _dynamic_forms():
+        print(f"  {form}")
     return 0
+
+
+MODEL_HELP = ("a name from list-models; several joined by commas (an ensemble); timm:ARCH (any timm model, "
+              "e.g. timm:convnext_tiny); or file:PATH?size=224&mean=a/b/c&std=a/b/c (your TorchScript or "
+              "torch.export classifier)")
+
+
+def _dynamic_forms() -> tuple[str, ...]:
+    from .models import DYNAMIC_FORMS
+
+    return DYNAMIC_FORMS
 
 
 def _progress(total: int, enabled: bool):
@@ -156,16 +198,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
                        precision=args.precision, input_size=args.input_size, weights=args.weights,
                        max_seconds=args.max_seconds, augment=args.augment,
                        holdout_views=args.holdout_views, keep=args.keep,
-                       compile=args.compile, max_image_gradients=args.max_image_gradients)
+                       compile=args.compile, max_image_gradients=args.max_image_gradients,
+                       stream=args.stream, workers=args.workers)
     run = Run(config)
-    out = _output_folder(args.out)  # checked before the run, so a bad --out costs no run
+    main_rank = distributed.is_main()  # under torchrun only rank 0 prints and writes
+    out = _output_folder(args.out) if main_rank else None  # checked before the run, so a bad --out costs no run
     bar = None
-    interactive = sys.stderr.isatty() and not args.json
+    interactive = sys.stderr.isatty() and not args.json and main_rank
     try:
         for event in run.events():
             if event.kind == "start":
                 bar = _progress(event.data["total_steps"], interactive)
-                if not args.json:
+                if not args.json and main_rank:
                     print(f"{event.data['model_title']} · {event.data['algorithm_title']} · {event.data['device']} "
                           f"({event.data['precision']}) · fit {event.data['fit_images']} / held-out "
                           f"{event.data['heldout_images']} images · random-noise fooling ratio "
@@ -173,11 +217,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             elif event.kind == "step" and bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{event.data['loss']:.3f}", batch_fr=f"{event.data['batch_fooling_ratio']:.2f}")
-            elif event.kind == "eval" and not args.json:
+            elif event.kind == "eval" and not args.json and main_rank:
                 message = (f"step {event.step}: held-out fooling ratio {event.data['fooling_ratio']:.3f}, "
                            f"dominant share {event.data['dominant_share']:.2f}")
                 (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
     except KeyboardInterrupt:
+        if distributed.is_active():  # the ranks would stop at different steps: end the job, write nothing
+            raise
         run.stop()
         for _ in run.events() if run.result is None else ():
             pass
@@ -187,11 +233,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     result = run.result
     if result is None:
         raise UAPError("the run ended before producing a result")
+    scale = _finish_ranks(result.seconds)
+    if not main_rank:
+        return 0
     eps255 = f"{result.config.eps * 255:g}".replace(".", "p")
     name = safe_name(args.name or f"{result.config.model}_{result.config.algorithm}_{result.config.norm}_"
                                   f"{eps255}_seed{result.config.seed}")
     path = save_uap(result.delta, result.metadata(), out / f"{name}.safetensors")
-    summary = {**result.summary(), "artifact": str(path)}
+    summary = {**result.summary(), "artifact": str(path), **scale}
     if args.json:
         print(json.dumps(_finite(summary)))
     else:
@@ -211,11 +260,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .models import load_model
     from .transfer import evaluate_uap, images_for
 
+    from .images import should_stream
+
     model = load_model(args.model, _device(args.device), weights=args.weights)
     artifact = _load_for_model(args.uap, model)
-    images = images_for(model, args.images, args.limit)
-    result = evaluate_uap(artifact, model, images)
-    summary = {"uap": args.uap, "model": args.model, "images": images.source, **result.as_dict()}
+    started = time.perf_counter()
+    images = images_for(model, args.images, args.limit, stream=should_stream(args.stream, args.images))
+    result = evaluate_uap(artifact, model, images, workers=args.workers)
+    scale = _finish_ranks(time.perf_counter() - started)
+    if not distributed.is_main():
+        return 0
+    summary = {"uap": args.uap, "model": args.model, "images": images.source, **result.as_dict(), **scale}
     if args.json:
         print(json.dumps(_finite(summary)))
     else:
@@ -241,9 +296,14 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         while name in uaps:
             name += "'"
         uaps[name] = load_uap(path)
-    matrix = transfer_matrix(uaps, args.models, args.images, _device(args.device), args.limit)
+    started = time.perf_counter()
+    matrix = transfer_matrix(uaps, args.models, args.images, _device(args.device), args.limit, stream=args.stream,
+                             workers=args.workers)
+    scale = _finish_ranks(time.perf_counter() - started)
+    if not distributed.is_main():
+        return 0 if not matrix.errors or len(matrix.errors) < len(args.models) else EXIT_ERROR
     if args.json:
-        print(json.dumps(_finite(matrix.as_dict())))
+        print(json.dumps(_finite({**matrix.as_dict(), **scale})))
     else:
         print(f"fooling ratio, {matrix.image_count} images (rows: UAPs, columns: models)")
         print(matrix.table())
@@ -252,10 +312,129 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0 if not matrix.errors or len(matrix.errors) < len(args.models) else EXIT_ERROR
 
 
+# ---------------------------------------------------------------------------------------------- study
+STUDY_OPTIONS = ("out", "json", "png")  # the study subcommand's own options: no setting may take these names
+
+
+def _add_study_parser(commands: Any) -> None:
+    """``study NAME [--setting value …] --out DIR [--json]``: one sub-subparser per registered study, its options
+    built from the study's Settings (describe_settings); lists are comma-separated. ``study --list`` / ``study
+    list`` lists the studies."""
+    from .studies import _MODULES, describe_settings, get_study
+
+    study = commands.add_parser("study", help="run one of the papers' experiments and write its tables and figure",
+                                description="Run a study (a paper's experiment): progress on stderr; "
+                                            "<study>.csv / .json / .html (and .png with kaleido) in --out.")
+    study.add_argument("--list", action="store_true", help="list the studies and exit")
+    names = study.add_subparsers(dest="study", metavar="NAME")
+    names.add_parser("list", help="list the studies and exit")
+    for name in _MODULES:
+        try:
+            cls = get_study(name)
+        except UAPError:  # not written yet
+            continue
+        except Exception as exc:  # noqa: BLE001 - a study that fails to import must not break the other commands
+            names.add_parser(name, help=f"(cannot be loaded: {type(exc).__name__}: {exc})")
+            continue
+        sub = names.add_parser(name, help=cls.summary,
+                               description=f"{cls.title}. {cls.summary} ({cls.paper})".replace("%", "%%"))
+        group = sub.add_argument_group("settings (lists comma-separated; defaults as shown)")
+        for spec in describe_settings(cls.Settings):
+            if spec["name"] in STUDY_OPTIONS:
+                raise ValueError(f"study {name}: the setting {spec['name']!r} clashes with the option --{spec['name']}")
+            default = spec["default"]
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            if isinstance(default, float) and 0 < default < 1 and math.isclose(default * 255, round(default * 255)):
+                shown = f"{round(default * 255)}/255"
+            extra = f"; one of {', '.join(map(str, spec['choices']))}" if spec.get("choices") else ""
+            group.add_argument("--" + spec["name"].replace("_", "-"), dest=f"setting_{spec['name']}", default=None,
+                               metavar=spec["type"].upper().replace("LIST[", "").replace("]", ",…")
+                               if spec["type"].startswith("list[") else spec["type"].upper(),
+                               help=f"{spec['help']} (default {shown}{extra})".replace("%", "%%"))
+        sub.add_argument("--out", default="studies", help="folder for the outputs (default: studies)")
+        sub.add_argument("--json", action="store_true",
+                         help="print one JSON object (summary, files) on stdout instead of the file list")
+        sub.add_argument("--png", default="auto", choices=["auto", "on", "off"],
+                         help="also write <study>.png (needs kaleido and a Chromium; auto: when available)")
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Run a study to the end (Ctrl-C: stop after the current step and write what is done)."""
+    import signal
+
+    from .studies import get_study, study_names, write_outputs
+    from .studies.base import png_available
+
+    if args.list or args.study in (None, "list"):
+        if args.study is None and not args.list:
+            raise UAPError("name a study: python -m uap_core study NAME [--setting value …] (study --list lists them)")
+        for name in study_names():
+            cls = get_study(name)
+            print(f"{name:<20} {cls.summary}")
+        return 0
+    cls = get_study(args.study)
+    values = {key[len("setting_"):]: value for key, value in vars(args).items()
+              if key.startswith("setting_") and value is not None}
+    study = cls(settings=values)  # a bad setting: ParameterError, one line, before anything runs
+    out = _output_folder(args.out)
+    if args.png == "on" and not png_available():
+        raise UAPError("--png on needs the kaleido package and a Chromium (pip install kaleido)")
+
+    def interrupted(_signum, _frame) -> None:
+        print("stopping after the current step (Ctrl-C again to abort)…", file=sys.stderr)
+        study.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        previous = signal.signal(signal.SIGINT, interrupted)
+    except ValueError:  # not the main thread (e.g. called from a test's worker): no handler
+        previous = None
+    started = time.perf_counter()
+    last_head, last_print = None, 0.0
+    try:
+        for progress in study.run():
+            head = progress.message.split(":")[0]
+            now = time.perf_counter()
+            if head != last_head or now - last_print >= 5.0 or progress.fraction >= 1.0:
+                print(f"[{progress.fraction:4.0%}] {progress.message}", file=sys.stderr, flush=True)
+                last_head, last_print = head, now
+    except KeyboardInterrupt:  # a second Ctrl-C during a step: keep the rows finished so far
+        study.stop()
+        study.finalise(time.perf_counter() - started)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    result = study.result
+    assert result is not None
+    paths = write_outputs(result, cls.figure(result), out, png={"auto": None, "on": True, "off": False}[args.png])
+    if result.stopped:
+        print("stopped: the outputs hold what was finished", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_finite({"study": result.study, "stopped": result.stopped, "summary": result.summary,
+                                  "files": [str(p) for p in paths]})))
+    else:
+        for path in paths:
+            print(path)
+    return 0
+
+
 def _device(name: str):
     from .models import resolve_device
 
-    return resolve_device(name)
+    return distributed.local_device(resolve_device(name))  # under torchrun on CUDA: cuda:LOCAL_RANK
+
+
+def _finish_ranks(seconds: float) -> dict[str, Any]:
+    """Under torchrun: wait until every rank has finished (rank 0 writes nothing before), and return the job's
+    figures for the JSON output ({"distributed": …}); a single process: {}."""
+    if not distributed.is_active():
+        return {}
+    figures = distributed.summary(seconds)
+    distributed.barrier("the check that every rank finished")
+    return {"distributed": figures}
+
+
+DISTRIBUTED_COMMANDS = ("generate", "evaluate", "transfer")
 
 
 def _finite(value: Any) -> Any:
@@ -270,7 +449,7 @@ def _finite(value: Any) -> Any:
 
 
 COMMANDS = {"list-models": cmd_list_models, "generate": cmd_generate, "evaluate": cmd_evaluate,
-            "transfer": cmd_transfer}
+            "transfer": cmd_transfer, "study": cmd_study}
 
 
 def _output_folder(text: str) -> Path:
@@ -290,9 +469,11 @@ def _output_folder(text: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in DISTRIBUTED_COMMANDS and distributed.launched():
+            distributed.init_from_env(_device(args.device))
         return COMMANDS[args.command](args)
     except UAPError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_rank_prefix()}{exc}", file=sys.stderr)
         return EXIT_ERROR
     except torch_oom() as exc:
         print(f"error: out of GPU memory ({str(exc).splitlines()[0]}); try a smaller --batch-size or --device cpu",
@@ -305,6 +486,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        distributed.shutdown()
+
+
+def _rank_prefix() -> str:
+    """"[rank r/R] " in a process torchrun started, else ""."""
+    return f"[rank {os.environ.get('RANK', '?')}/{distributed.env_world_size()}] " if distributed.launched() else ""
 
 
 def torch_oom() -> type[BaseException]:

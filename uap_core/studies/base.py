@@ -1,0 +1,361 @@
+"""The shared base of studies: an experiment of the papers as one class, run by the CLI and the Studies page.
+
+A study is one module in ``uap_core/studies/`` holding
+
+- a ``Settings`` dataclass: every knob with its default (the papers' where they give one), declared with
+  :func:`setting` so the CLI builds its options and the page its form from it;
+- a :class:`Study` subclass whose :meth:`Study.run` yields :class:`StudyProgress` as results arrive (rows of
+  its table so far) and ends with :attr:`Study.result`, a :class:`StudyResult` of plain data;
+- a ``figure(result)`` staticmethod that builds the Plotly figure from that plain data alone (the CLI writes it
+  to HTML/PNG, the page draws it as the rows arrive).
+
+    study = get_study("images_needed")(settings={"seeds": [0, 1]})
+    for progress in study.run():          # StudyProgress(fraction, message, tables so far)
+        print(progress.fraction, progress.message)
+    write_outputs(study.result, study.figure(study.result), "studies/")  # images_needed.csv / .json / .html (/ .png)
+
+Nothing here imports Streamlit; the figure helpers import Plotly lazily.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, get_args, get_origin, get_type_hints
+
+from ..errors import ParameterError
+from ..params import check_range, parse_number
+
+
+def setting(default: Any, help: str, minimum: float | None = None, maximum: float | None = None,
+            choices: tuple | None = None, label: str | None = None) -> Any:
+    """A study setting: a dataclass field with its help text and allowed range/choices. Lists (``list[int]``,
+    ``list[str]``) take a default factory automatically; each element is checked against the range/choices."""
+    metadata = {"help": help, "min": minimum, "max": maximum, "choices": choices, "label": label}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: list(default) if isinstance(default, list) else
+                                 dict(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def describe_settings(settings_class: type) -> list[dict]:
+    """One dict per setting: name, type ("int", "float", "str", "bool", "list[int]", "list[float]",
+    "list[str]"), default, help, min, max, choices, label."""
+    hints = get_type_hints(settings_class)
+    out = []
+    for f in dataclasses.fields(settings_class):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, **f.metadata,
+                    "label": f.metadata.get("label") or f.name.replace("_", " ")})
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (list, tuple):
+        (inner, *_) = get_args(hint) or (str,)
+        return f"list[{_type_name(inner)}]"
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if args and origin is not None:  # Optional[X] / X | None
+        return _type_name(args[0])
+    return {int: "int", float: "float", str: "str", bool: "bool"}.get(hint, "str")
+
+
+def _parse_scalar(raw: Any, kind: str, name: str, spec: dict) -> Any:
+    if spec.get("choices"):
+        if raw not in spec["choices"]:
+            raise ParameterError(f"{name} = {raw!r} is not allowed; choose one of "
+                                 f"{', '.join(map(str, spec['choices']))}")
+        return raw
+    if kind == "str":
+        if not isinstance(raw, str) or not raw.strip():
+            raise ParameterError(f"{name} must be a non-empty text, got {raw!r}")
+        return raw.strip()
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ParameterError(f"{name} must be true or false, got {raw!r}")
+    number = parse_number(raw, name)
+    if kind == "int":
+        if number != int(number):
+            raise ParameterError(f"{name} must be a whole number, got {raw!r}")
+        number = int(number)
+    check_range(name, number, spec.get("min"), spec.get("max"))
+    return number
+
+
+def parse_settings(settings_class: type, values: dict[str, Any] | None) -> Any:
+    """Validate ``values`` (missing keys take the defaults; lists may be given as "10,30,100" strings) into an
+    instance of ``settings_class``. Raises ParameterError naming the setting and the allowed values."""
+    values = dict(values or {})
+    specs = {s["name"]: s for s in describe_settings(settings_class)}
+    unknown = set(values) - set(specs)
+    if unknown:
+        raise ParameterError(f"unknown setting(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(specs))}")
+    parsed = {}
+    for name, raw in values.items():
+        if raw is None or raw == "":
+            continue
+        spec = specs[name]
+        kind = spec["type"]
+        if kind.startswith("list["):
+            inner = kind[5:-1]
+            items = [p for p in (raw.split(",") if isinstance(raw, str) else list(raw))]
+            items = [p.strip() if isinstance(p, str) else p for p in items]
+            items = [p for p in items if p != ""]
+            if not items:
+                raise ParameterError(f"{name} needs at least one value (comma-separated)")
+            parsed[name] = [_parse_scalar(p, inner, name, spec) for p in items]
+        else:
+            parsed[name] = _parse_scalar(raw, kind, name, spec)
+    return settings_class(**parsed)
+
+
+@dataclass
+class StudyProgress:
+    """fraction: 0..1 of the work done; message: one line for a progress bar; tables: the result tables so far
+    (name → rows), for a figure that fills in as results arrive."""
+
+    fraction: float
+    message: str
+    tables: dict[str, list[dict[str, Any]]]
+
+
+@dataclass
+class StudyResult:
+    """A finished (or stopped) study as plain data.
+
+    tables: name → rows (list of flat dicts); the first table is the main one (written as ``<study>.csv``),
+    others as ``<study>_<table>.csv``. summary: the headline numbers the study's claim is about. settings: every
+    setting as used. environment: library versions, device, seconds. stopped: True when the user stopped it.
+    """
+
+    study: str
+    title: str
+    settings: dict[str, Any]
+    tables: dict[str, list[dict[str, Any]]]
+    summary: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"study": self.study, "title": self.title, "settings": self.settings, "summary": self.summary,
+                "environment": self.environment, "stopped": self.stopped, "tables": self.tables}
+
+
+class Study:
+    """Base of a study. Subclasses set the ClassVars, a ``Settings`` dataclass and implement :meth:`_run`
+    (a generator yielding ``(fraction, message)`` while appending rows to ``self.tables``) and
+    :meth:`figure`."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str]  # one line: what the study shows
+    paper: ClassVar[str]  # which paper's experiment, and which figure/table
+    Settings: ClassVar[type]
+    table_names: ClassVar[tuple[str, ...]] = ("results",)
+
+    def __init__(self, settings: Any = None, device: str = "auto") -> None:
+        if settings is None or isinstance(settings, dict):
+            settings = parse_settings(self.Settings, settings)
+        if not isinstance(settings, self.Settings):
+            raise ParameterError(f"{self.name} takes {self.Settings.__name__}, got {type(settings).__name__}")
+        self.settings = settings
+        self.device = device
+        self.tables: dict[str, list[dict[str, Any]]] = {name: [] for name in self.table_names}
+        self.summary_values: dict[str, Any] = {}
+        self.result: StudyResult | None = None
+        self._stop = False
+
+    def stop(self) -> None:
+        """End the study after the current unit of work (from any thread); the result keeps what is done.
+        A :class:`~uap_core.run.Run` driven through :meth:`drive` is asked to stop after its current step."""
+        self._stop = True
+        run = getattr(self, "_active_run", None)
+        if run is not None:
+            run.stop()
+
+    def drive(self, run: Any) -> Iterator[Any]:
+        """Iterate ``run.events()`` (a :class:`uap_core.run.Run`) so that :meth:`stop` also ends that run after its
+        current step. Yields the RunEvents; ``run.result`` is set at the end (also when stopped)."""
+        self._active_run = run
+        try:
+            if self._stop:
+                run.stop()
+            yield from run.events()
+        finally:
+            self._active_run = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[StudyProgress]:
+        """Run the study, yielding progress; ``self.result`` is set at the end (also when stopped)."""
+        started = time.perf_counter()
+        work = self._run()
+        try:
+            for fraction, message in work:
+                yield StudyProgress(min(max(float(fraction), 0.0), 1.0), message,
+                                    {k: list(v) for k, v in self.tables.items()})
+                if self._stop or (should_stop is not None and should_stop()):
+                    self.stop()
+                    break
+        finally:
+            work.close()  # a stopped study's work (and the run it drives, with its tensors) ends now, not at GC
+        self.finalise(time.perf_counter() - started)
+        yield StudyProgress(1.0, "stopped" if self._stop else "done", self.result.tables)
+
+    def finalise(self, seconds: float = 0.0) -> StudyResult:
+        """Compute the summary (:meth:`finish`) and set :attr:`result` from the tables so far. :meth:`run` calls it
+        at the end; call it yourself after an interrupted iteration (e.g. Ctrl-C) to keep what is done."""
+        self.finish()
+        self.result = StudyResult(
+            study=self.name, title=self.title, settings=_jsonable(dataclasses.asdict(self.settings)),
+            tables={k: list(v) for k, v in self.tables.items()}, summary=_jsonable(self.summary_values),
+            environment=environment(self.device, seconds), stopped=self._stop)
+        return self.result
+
+    def run_all(self) -> StudyResult:
+        """Run to the end and return the result."""
+        for _ in self.run():
+            pass
+        assert self.result is not None
+        return self.result
+
+    def _run(self) -> Iterator[tuple[float, str]]:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Compute ``self.summary_values`` from the tables (called also when stopped)."""
+
+    @staticmethod
+    def figure(result: StudyResult):  # -> plotly.graph_objects.Figure
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------- shared data helpers
+SHARED_DIR = Path(os.environ.get("UAP_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared")
+# The largest labelled image set available offline in a development checkout (2,000 CIFAR-10 test images, 32 px),
+# the default of the studies that need hundreds of fit images plus a held-out set (the papers' ImageNet sets are
+# not available offline). Name any folder / .npz instead.
+CIFAR_TEST_IMAGES = str(SHARED_DIR / "data" / "cifar10-test-2000.npz")
+
+
+def fixed_split(fit_set: Any, holdout_set: Any) -> Any:
+    """One :class:`~uap_core.images.ImageSet` holding ``fit_set`` then ``holdout_set`` whose ``split()`` returns
+    exactly those two parts, whatever the seed: hand it to a :class:`~uap_core.run.Run` with ``fit=len(fit_set)``
+    and ``holdout=len(holdout_set)`` when a study must keep the held-out images fixed across runs (a Run's own
+    split is a seeded permutation)."""
+    import torch
+
+    from ..images import ImageSet
+
+    class _FixedSplit(ImageSet):
+        def split(self, fit: int, holdout: int, seed: int):  # noqa: ARG002 - the seed chose nothing here
+            if (fit, holdout) != (len(fit_set), len(holdout_set)):
+                raise ParameterError(f"this image set splits into {len(fit_set)} fit and {len(holdout_set)} "
+                                     f"held-out images only (asked for {fit} and {holdout})")
+            return self.subset(range(fit)), self.subset(range(fit, fit + holdout))
+
+    return _FixedSplit(torch.cat([fit_set.pixels, holdout_set.pixels]),
+                       torch.cat([fit_set.labels, holdout_set.labels]), list(fit_set.names) + list(holdout_set.names),
+                       list(fit_set.skipped), fit_set.source)
+
+
+def environment(device: str, seconds: float) -> dict[str, Any]:
+    """Library versions, Python, platform, device, seconds: recorded in every study's JSON."""
+    import numpy
+    import torch
+    import torchvision
+
+    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__}
+    try:
+        import plotly
+
+        versions["plotly"] = plotly.__version__
+    except ImportError:
+        pass
+    from .. import __version__ as uap_version
+
+    return {"uap_explorer": uap_version, **versions, "python": platform.python_version(),
+            "platform": platform.platform(), "device": str(device), "seconds": round(seconds, 3),
+            "cpu_threads": torch.get_num_threads()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def table_csv(rows: list[dict[str, Any]]) -> str:
+    """Rows (flat dicts) as CSV text; the columns are the union of the keys in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _jsonable(v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_outputs(result: StudyResult, figure, out_dir: str | os.PathLike, png: bool | None = None) -> list[Path]:
+    """Write ``<study>.csv`` (main table), ``<study>_<table>.csv`` (others), ``<study>.json`` (settings,
+    summary, environment, all tables), ``<study>.html`` (the Plotly figure, self-contained) and, when ``png``
+    (None: when kaleido and a Chromium are available), ``<study>.png``. Every file is written atomically
+    (temporary file + rename). Returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def write(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        written.append(path)
+
+    for i, (name, rows) in enumerate(result.tables.items()):
+        stem = result.study if i == 0 else f"{result.study}_{name}"
+        write(out / f"{stem}.csv", table_csv(rows).encode())
+    write(out / f"{result.study}.json", json.dumps(_jsonable(result.as_json()), indent=1).encode())
+    write(out / f"{result.study}.html", figure.to_html(include_plotlyjs=True, full_html=True).encode())
+    if png is None:
+        png = png_available()
+    if png:
+        height = int(figure.layout.height or 650)  # a figure's own height (e.g. stacked panels), else 650
+        write(out / f"{result.study}.png", figure.to_image(format="png", width=1100, height=height, scale=1))
+    return written
+
+
+def png_available() -> bool:
+    """True when kaleido is installed and finds a Chromium to render with."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return False
+    import shutil
+
+    return any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
