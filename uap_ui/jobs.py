@@ -1,27 +1,36 @@
-"""Background work for the pages: a worker thread owns each ``uap_core`` run; the page only polls.
+"""Background work for the pages: a worker thread does the work; the page only polls.
 
-Plain Python (no Streamlit import): a :class:`Job` wraps one :class:`uap_core.run.Run` and is driven by a daemon
-thread that iterates ``run.events()`` and writes into the job under a lock (events so far, a CPU copy of the
-current δ, the state, the error message, the result). A :class:`Task` does the same for any other long
-computation (the transfer table). Pages read :meth:`Job.snapshot` / :meth:`Task.snapshot` and never block.
+Plain Python (no Streamlit import). One kind of background work, :class:`Job`, for everything long: a
+``uap_core`` :class:`~uap_core.run.Run` (events so far, a CPU copy of the current δ, the result) or any function
+``fn(report, stopped)`` (the transfer table, a study). Every job waits for a slot of the process-wide
+:mod:`uap_ui.scheduler` before it begins, so a server shared by a class runs at most N jobs at once (one at a time
+on a GPU) and a run's time limit counts its running time only. Pages read :meth:`Job.snapshot` and never block;
+a waiting job's snapshot carries its place in the queue. :class:`Task` is the same job built from a function (the
+name the Transfer and Studies pages use).
+
+Shared runs: identical requests (the same validated RunConfig on the same images, hence the same δ) share one job
+(:func:`shared_job`): every page that asked for it watches it live from the step it has reached, a finished one is
+reused for :data:`SHARED_KEEP_SECONDS`. Each workspace that shows a job is one of its *watchers*: a Stop from one
+watcher only detaches that watcher while others still watch (:meth:`Workspace.stop_job`); the last watcher's Stop
+stops the run (its δ so far kept).
 
 Jobs live in a :class:`Workspace`, one per browser session, kept in a process-wide registry keyed by a random
 token (the page keeps it in the URL, so a refresh finds the same workspace). When the last browser session of a
-workspace goes away, its running jobs are stopped after a short grace period (a refresh re-attaches in time).
-
-Several workspaces run at once. CPU jobs run side by side; CUDA jobs take a process-wide semaphore so that two
-sessions never fight over one GPU's memory (the second waits in the state "queued").
+workspace goes away, it stops watching its jobs after a short grace period (a refresh re-attaches in time): a job
+nobody watches any more is stopped, except a run with a time limit of at most :data:`UNWATCHED_FINISH_SECONDS`
+(the Home demo), which finishes so that a later identical request reuses its result.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
 
@@ -29,20 +38,28 @@ from uap_core.algorithms import ALGORITHMS
 from uap_core.errors import UAPError
 from uap_core.images import ImageSet
 from uap_core.models import Classifier
-from uap_core.run import Run, RunResult
+from uap_core.run import Run
+
+from . import scheduler as scheduling
 
 log = logging.getLogger(__name__)
 
 RUNNING, QUEUED, DONE, FAILED, STOPPED = "running", "queued", "done", "failed", "stopped"
 ACTIVE_STATES = (RUNNING, QUEUED)
 DELTA_COPY_INTERVAL = 0.25  # seconds between CPU copies of the current δ during a run
-GRACE_SECONDS = 15.0  # how long a workspace without any browser session keeps its jobs running
+GRACE_SECONDS = 15.0  # how long a workspace without any browser session keeps watching its jobs
 IDLE_WORKSPACE_SECONDS = 3600.0  # detached workspaces with nothing running are forgotten after this
 MAX_RUNS_SHOWN = 12  # finished runs kept for the comparison charts (oldest dropped first)
 HOLDOUT_KEPT = 64  # held-out images a finished job keeps for pictures
+SHARED_KEEP_SECONDS = float(os.environ.get("UAP_SHARED_KEEP_SECONDS") or 900.0)  # a finished shared run is
+# reused by identical requests from other workspaces for this long (0: only runs still going are shared)
+SHARED_MAX = 32  # shared runs remembered at most (the oldest finished ones are forgotten first)
+UNWATCHED_FINISH_SECONDS = 600.0  # a run nobody watches still finishes when its time limit is at most this
+SETUP_SECONDS = 5.0  # added to a run's time limit for its expected duration (model, images, baseline)
 
-_GPU_SEMAPHORE = threading.BoundedSemaphore(1)
 _ids = itertools.count(1)
+
+Work = Union[Run, Callable[[Callable[[float, str], None], Callable[[], bool]], Any]]
 
 
 def short_algorithm_name(name: str) -> str:
@@ -59,7 +76,11 @@ def run_label(algorithm: str, model: str, seed: int) -> str:
 # ---------------------------------------------------------------------------------------------- jobs
 @dataclass
 class JobSnapshot:
-    """A consistent, read-only view of a job at one moment (what a page draws)."""
+    """A consistent, read-only view of a job at one moment (what a page draws).
+
+    For a run: ``events`` (start / step / eval / done records), ``delta`` (the current δ, CPU), ``start_info``;
+    for any job: ``progress`` (0…1), ``message``, ``result``, ``error``; while it waits: ``queue`` (its place and
+    expected wait)."""
 
     id: int
     label: str
@@ -67,10 +88,16 @@ class JobSnapshot:
     events: list[dict[str, Any]]
     delta: torch.Tensor | None
     error: str | None
-    result: RunResult | None
+    result: Any
     start_info: dict[str, Any]
     created: float
     stop_requested: bool
+    progress: float = 0.0
+    message: str = ""
+    queue: scheduling.QueuePlace | None = None
+    kind: str = "generate"
+    watchers: int = 0
+    delta_version: int = 0
 
     @property
     def active(self) -> bool:
@@ -97,47 +124,93 @@ class JobSnapshot:
         return self.events[-1]["elapsed"] if self.events else 0.0
 
 
-class Job:
-    """One UAP generation running in a daemon thread.
+TaskSnapshot = JobSnapshot  # the name the Transfer / Studies pages used
 
-    The run is built (and its configuration validated) by the caller, so a bad parameter is reported in the
-    page before anything starts. ``model`` / ``images`` given to the Run are the page's cached ones.
+
+class Job:
+    """One piece of background work in a daemon thread, started when the scheduler gives it a slot.
+
+    ``work`` is a :class:`~uap_core.run.Run` — built (and its configuration validated) by the caller, so a bad
+    parameter is reported in the page before anything starts; ``model`` / ``images`` given to the Run are the
+    page's cached ones — or a function ``fn(report, stopped)`` returning the result, where
+    ``report(fraction, message)`` publishes progress and ``stopped()`` turns True once :meth:`stop` was called.
+    ``uses_gpu``: which scheduler pool it waits in (for a run: from its device).
     """
 
-    def __init__(self, run: Run, label: str | None = None, kind: str = "generate") -> None:
+    def __init__(self, work: Work, label: str | None = None, kind: str | None = None, uses_gpu: bool | None = None,
+                 expected_seconds: float | None = None, scheduler: scheduling.Scheduler | None = None) -> None:
         self.id = next(_ids)
-        self.run: Run | None = run  # dropped when the run ends (it holds the images on the device)
-        self.config = run.config
-        self.kind = kind
-        self.label = label or run_label(run.config.algorithm, run.config.model, run.config.seed)
         self.created = time.time()
+        if isinstance(work, Run):
+            self.run: Run | None = work  # dropped when the run ends (it holds the images on the device)
+            self.config = work.config
+            self._fn = None
+            self.kind = kind or "generate"
+            self.label = label or run_label(work.config.algorithm, work.config.model, work.config.seed)
+            if uses_gpu is None:
+                from uap_core.models import resolve_device
+
+                uses_gpu = resolve_device(work.config.device).type == "cuda"
+            if expected_seconds is None and work.config.max_seconds is not None:
+                expected_seconds = work.config.max_seconds + SETUP_SECONDS
+        elif callable(work):
+            self.run = None
+            self.config = None
+            self._fn = work
+            self.kind = kind or "task"
+            self.label = label or "background task"
+        else:
+            raise TypeError(f"a job runs a uap_core Run or a function, not {type(work).__name__}")
+        self.uses_gpu = bool(uses_gpu)
+        self.expected_seconds = expected_seconds
+        self.key: str | None = None  # set when the job is shared (see shared_job)
+        self._scheduler = scheduler
+        self._ticket: scheduling.Ticket | None = None
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
         self._delta: torch.Tensor | None = None
+        self._delta_version = 0
         self._state = QUEUED
         self._error: str | None = None
-        self._result: RunResult | None = None
+        self._result: Any = None
         self._start_info: dict[str, Any] = {}
+        self._progress = 0.0
+        self._message = "waiting to start"
         self._thread: threading.Thread | None = None
-        self._stop_requested = False
+        self._stop = threading.Event()
+        self._watchers: set[str] = set()
+        self.finished_at: float | None = None  # time.monotonic() when the work ended
         self.holdout: ImageSet | None = None  # the held-out images, once the run has prepared them
         self.model: Classifier | None = None  # the model the run used
 
     # -------------------------------------------------------------------------------------- control
+    @property
+    def scheduler(self) -> scheduling.Scheduler:
+        return self._scheduler or scheduling.get()
+
     def start(self) -> "Job":
-        """Start the worker thread (once)."""
+        """Queue the job with the scheduler and start its worker thread (once)."""
         if self._thread is None:
+            pool = scheduling.GPU if self.uses_gpu else scheduling.CPU
+            self._ticket = self.scheduler.submit(self.label, self.kind, pool, self.expected_seconds)
             self._thread = threading.Thread(target=self._work, name=f"uap-job-{self.id}", daemon=True)
             self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Ask the run to end after its current step; the best δ so far is kept. Thread-safe, idempotent."""
+        """End the work after its current step (a run keeps its best δ so far) or leave the queue. Thread-safe,
+        idempotent."""
+        self._stop.set()
         with self._lock:
-            self._stop_requested = True
             run = self.run
         if run is not None:
             run.stop()
+        if self._ticket is not None:
+            self.scheduler.cancel(self._ticket)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the worker thread to end; True when it has."""
@@ -156,15 +229,52 @@ class Job:
         return self.state in ACTIVE_STATES
 
     def snapshot(self) -> JobSnapshot:
+        ticket = self._ticket
         with self._lock:
+            state = self._state
+        place = self.scheduler.place(ticket) if ticket is not None and state == QUEUED else None
+        with self._lock:
+            message = place.describe() if place is not None and self._state == QUEUED else self._message
             return JobSnapshot(self.id, self.label, self._state, list(self._events), self._delta, self._error,
-                               self._result, dict(self._start_info), self.created, self._stop_requested)
+                               self._result, dict(self._start_info), self.created, self._stop.is_set(),
+                               self._progress, message, place, self.kind, len(self._watchers), self._delta_version)
+
+    # -------------------------------------------------------------------------------------- watchers
+    def watch(self, token: str) -> None:
+        """Workspace ``token`` shows this job."""
+        with self._lock:
+            self._watchers.add(token)
+
+    def watchers(self) -> int:
+        with self._lock:
+            return len(self._watchers)
+
+    def leave(self, token: str, abandoned: bool = False) -> bool:
+        """Workspace ``token`` stops showing this job. When nobody else watches an active job, it is stopped —
+        unless ``abandoned`` (the browser went away, no Stop was pressed) and it is a running run with a short time
+        limit, which finishes for later identical requests. True when the job was stopped because of this."""
+        with self._lock:
+            self._watchers.discard(token)
+            if self._watchers or self._state not in ACTIVE_STATES:
+                return False
+            finishes = (abandoned and self._state == RUNNING and self.config is not None and self.key is not None
+                        and self.config.max_seconds is not None
+                        and self.config.max_seconds <= UNWATCHED_FINISH_SECONDS)
+        if finishes:
+            return False
+        self.stop()
+        return True
 
     # -------------------------------------------------------------------------------------- the worker
     def _set(self, **values: Any) -> None:
         with self._lock:
             for name, value in values.items():
                 setattr(self, f"_{name}", value)
+
+    def _report(self, fraction: float, message: str) -> None:
+        with self._lock:
+            self._progress = max(0.0, min(1.0, float(fraction)))
+            self._message = message
 
     def _copy_delta(self, run: Run) -> None:
         algorithm = run.algorithm
@@ -173,44 +283,21 @@ class Job:
         copy = algorithm.delta.detach().to("cpu", copy=True)
         with self._lock:
             self._delta = copy
+            self._delta_version += 1
 
     def _work(self) -> None:
-        uses_gpu = False
-        run = self.run
-        assert run is not None
+        ticket = self._ticket
+        assert ticket is not None
         try:
-            from uap_core.models import resolve_device
-
-            uses_gpu = resolve_device(self.config.device).type == "cuda"
-            if uses_gpu:
-                while not _GPU_SEMAPHORE.acquire(timeout=0.2):
-                    if run.stop_requested:
-                        self._set(state=STOPPED, error="stopped before it could start (the GPU was busy)")
-                        uses_gpu = False
-                        return
-            self._set(state=RUNNING)
-            last_copy = 0.0
-            for event in run.events():
-                record = event.as_dict()
-                now = time.monotonic()
-                if event.kind == "start":
-                    self.model = run.model
-                    holdout = run.holdout_set  # CPU; a few of them are shown as pictures afterwards
-                    self.holdout = holdout.subset(range(min(len(holdout), HOLDOUT_KEPT)))
-                    with self._lock:
-                        self._start_info = dict(event.data)
-                if event.kind == "eval" or (event.kind == "step" and now - last_copy >= DELTA_COPY_INTERVAL):
-                    self._copy_delta(run)
-                    last_copy = now
-                if event.kind == "done":
-                    result = run.result
-                    with self._lock:
-                        self._result = result
-                        self._delta = result.delta if result is not None else self._delta  # the kept (best) δ
-                with self._lock:
-                    self._events.append(record)
-            result = run.result
-            self._set(state=STOPPED if result is not None and result.reason == "stopped" else DONE)
+            if not self.scheduler.acquire(ticket, self._stop.is_set):
+                self._set(state=STOPPED, message="stopped while waiting in the queue")
+                return
+            with self._lock:
+                self._state, self._message = RUNNING, "starting"
+            if self._fn is not None:
+                self._work_fn()
+            else:
+                self._work_run()
         except UAPError as exc:
             self._set(state=FAILED, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a page must show it, the server must survive it
@@ -219,136 +306,159 @@ class Job:
         finally:
             with self._lock:
                 self.run = None  # frees the fit / held-out tensors on the device
-            del run
-            if uses_gpu:
-                _GPU_SEMAPHORE.release()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                self.finished_at = time.monotonic()
+            self.scheduler.release(ticket)
+            if self.uses_gpu and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _work_fn(self) -> None:
+        assert self._fn is not None
+        result = self._fn(self._report, self._stop.is_set)
+        with self._lock:
+            self._result = result
+            stopped = self._stop.is_set()
+            self._state = STOPPED if stopped else DONE
+            self._progress = self._progress if stopped else 1.0
+
+    def _work_run(self) -> None:
+        run = self.run
+        assert run is not None
+        last_copy = 0.0
+        for event in run.events():  # the run's clock (max_seconds) starts here, after the queue
+            record = event.as_dict()
+            now = time.monotonic()
+            if event.kind == "start":
+                self.model = run.model
+                holdout = run.holdout_set  # CPU; a few of them are shown as pictures afterwards
+                self.holdout = holdout.subset(range(min(len(holdout), HOLDOUT_KEPT)))
+                with self._lock:
+                    self._start_info = dict(event.data)
+            if event.kind == "eval" or (event.kind == "step" and now - last_copy >= DELTA_COPY_INTERVAL):
+                self._copy_delta(run)
+                last_copy = now
+            if event.kind == "done":
+                result = run.result
+                with self._lock:
+                    self._result = result
+                    if result is not None:  # the kept (best) δ
+                        self._delta = result.delta
+                        self._delta_version += 1
+            with self._lock:
+                self._events.append(record)
+                total = self._start_info.get("total_steps")
+                if event.kind == "step" and total:
+                    self._progress = min(1.0, event.step / total)
+                    self._message = f"step {event.step}/{total}"
+        result = run.result
+        self._set(state=STOPPED if result is not None and result.reason == "stopped" else DONE)
 
 
-# ---------------------------------------------------------------------------------------------- tasks
-@dataclass
-class TaskSnapshot:
-    id: int
-    label: str
-    state: str
-    progress: float
-    message: str
-    error: str | None
-    result: Any
-    created: float
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-
-class Task:
-    """Any long computation in a daemon thread: ``fn(report, stopped)`` returns the result.
-
-    ``report(fraction, message)`` publishes progress; ``stopped()`` is True once :meth:`stop` was called.
-    """
+class Task(Job):
+    """A job built from a function ``fn(report, stopped)`` (the transfer table, a study): see :class:`Job`."""
 
     def __init__(self, fn: Callable[[Callable[[float, str], None], Callable[[], bool]], Any], label: str,
-                 uses_gpu: bool = False) -> None:
-        self.id = next(_ids)
-        self.label = label
-        self.created = time.time()
-        self._fn = fn
-        self._uses_gpu = uses_gpu
-        self._lock = threading.Lock()
-        self._state = QUEUED
-        self._progress = 0.0
-        self._message = "waiting to start"
-        self._error: str | None = None
-        self._result: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "Task":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name=f"uap-task-{self.id}", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
-
-    @property
-    def active(self) -> bool:
-        with self._lock:
-            return self._state in ACTIVE_STATES
-
-    def snapshot(self) -> TaskSnapshot:
-        with self._lock:
-            return TaskSnapshot(self.id, self.label, self._state, self._progress, self._message, self._error,
-                                self._result, self.created)
-
-    def _report(self, fraction: float, message: str) -> None:
-        with self._lock:
-            self._progress = max(0.0, min(1.0, float(fraction)))
-            self._message = message
-
-    def _work(self) -> None:
-        acquired = False
-        try:
-            if self._uses_gpu:
-                while not _GPU_SEMAPHORE.acquire(timeout=0.2):
-                    if self._stop.is_set():
-                        raise _Stopped
-                acquired = True
-            with self._lock:
-                self._state = RUNNING
-            result = self._fn(self._report, self._stop.is_set)
-            with self._lock:
-                self._result = result
-                self._state = STOPPED if self._stop.is_set() else DONE
-                self._progress = 1.0 if not self._stop.is_set() else self._progress
-        except _Stopped:
-            with self._lock:
-                self._state = STOPPED
-        except UAPError as exc:
-            with self._lock:
-                self._state, self._error = FAILED, str(exc)
-        except Exception as exc:  # noqa: BLE001
-            log.error("task %s failed:\n%s", self.id, traceback.format_exc())
-            with self._lock:
-                self._state, self._error = FAILED, f"{type(exc).__name__}: {exc}"
-        finally:
-            if acquired:
-                _GPU_SEMAPHORE.release()
+                 uses_gpu: bool = False, kind: str = "task", expected_seconds: float | None = None,
+                 scheduler: scheduling.Scheduler | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"a Task runs a function, not {type(fn).__name__}")
+        super().__init__(fn, label=label, kind=kind, uses_gpu=uses_gpu, expected_seconds=expected_seconds,
+                         scheduler=scheduler)
 
 
-class _Stopped(Exception):
-    pass
+# ---------------------------------------------------------------------------------------------- shared runs
+_SHARED: dict[str, Job] = {}
+_SHARED_LOCK = threading.Lock()
+_GATES: dict[str, threading.Lock] = {}
+
+
+def _reusable(job: Job, now: float) -> bool:
+    state = job.state
+    if state in ACTIVE_STATES:
+        return not job.stop_requested
+    return state == DONE and job.finished_at is not None and now - job.finished_at <= SHARED_KEEP_SECONDS
+
+
+def find_shared(key: str) -> Job | None:
+    """The active or recently finished job of ``key`` that an identical request can watch, else None."""
+    with _SHARED_LOCK:
+        job = _SHARED.get(key)
+        return job if job is not None and _reusable(job, time.monotonic()) else None
+
+
+def shared_job(key: str, create: Callable[[], Job | None], own: Workspace | None = None) -> tuple[Job | None, bool]:
+    """The job of ``key``: an identical one still going, or one finished lately for another workspace (reused:
+    True), else ``create()``'s (reused: False; None when it could not be created). A workspace that already shows
+    the finished identical run (``own``) gets a fresh one: asking again there means seeing it run again (a
+    replayed demo, a race against an earlier run). Two identical requests at the same moment get one job:
+    ``create`` runs once per key at a time."""
+    def usable(found: Job | None) -> bool:
+        return found is not None and (found.active or own is None or found not in own.jobs())
+
+    job = find_shared(key)
+    if usable(job):
+        return job, True
+    with _SHARED_LOCK:
+        gate = _GATES.setdefault(key, threading.Lock())
+    with gate:
+        job = find_shared(key)
+        if usable(job):
+            return job, True
+        job = create()
+        if job is None:
+            return None, False
+        job.key = key
+        with _SHARED_LOCK:
+            _SHARED[key] = job
+            _forget_shared_locked()
+        return job, False
+
+
+def _forget_shared_locked() -> None:
+    now = time.monotonic()
+    for key, job in list(_SHARED.items()):
+        if not _reusable(job, now):
+            del _SHARED[key]
+            _GATES.pop(key, None)
+    finished = sorted((job.finished_at or 0.0, key) for key, job in _SHARED.items() if not job.active)
+    while len(_SHARED) > SHARED_MAX and finished:
+        _, key = finished.pop(0)
+        del _SHARED[key]
+        _GATES.pop(key, None)
+
+
+def shared_jobs() -> list[Job]:
+    with _SHARED_LOCK:
+        return list(_SHARED.values())
 
 
 # ---------------------------------------------------------------------------------------------- workspaces
 @dataclass
 class Workspace:
     """Everything one browser session has running or kept: Generate runs (kept for the comparison charts
-    until cleared), the Home demo, and named tasks (e.g. the transfer table)."""
+    until cleared), the Home demo, and named tasks (e.g. the transfer table, a study)."""
 
     token: str
     runs: list[Job] = field(default_factory=list)
     demo: Job | None = None
-    tasks: dict[str, Task] = field(default_factory=dict)
+    tasks: dict[str, Job] = field(default_factory=dict)
     sessions: set[str] = field(default_factory=set)
     detached_since: float | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def add_run(self, job: Job) -> Job:
+        """Show ``job`` on the charts (once: a shared run already shown is not added twice)."""
+        job.watch(self.token)
+        dropped = []
         with self.lock:
-            self.runs.append(job)
+            if job not in self.runs:
+                self.runs.append(job)
             finished = [j for j in self.runs if not j.active]
             while len(self.runs) > MAX_RUNS_SHOWN and finished:
-                self.runs.remove(finished.pop(0))
+                old = finished.pop(0)
+                self.runs.remove(old)
+                dropped.append(old)
+        for old in dropped:
+            old.leave(self.token)
         return job
 
     def runs_list(self) -> list[Job]:
@@ -361,47 +471,66 @@ class Workspace:
     def clear_finished(self) -> None:
         """Drop the finished runs from the charts (running ones stay)."""
         with self.lock:
+            dropped = [j for j in self.runs if not j.active]
             self.runs = [j for j in self.runs if j.active]
+        for job in dropped:
+            job.leave(self.token)
 
     def remove_run(self, job_id: int) -> None:
         with self.lock:
-            self.runs = [j for j in self.runs if j.id != job_id or j.active]
+            dropped = [j for j in self.runs if j.id == job_id and not j.active]
+            self.runs = [j for j in self.runs if j not in dropped]
+        for job in dropped:
+            job.leave(self.token)
 
     def set_demo(self, job: Job) -> Job:
+        job.watch(self.token)
         with self.lock:
-            if self.demo is not None and self.demo.active:
-                self.demo.stop()
-            self.demo = job
+            old, self.demo = self.demo, job
+        if old is not None and old is not job:
+            old.leave(self.token)
         return job
 
-    def set_task(self, name: str, task: Task) -> Task:
+    def set_task(self, name: str, task: Job) -> Job:
+        task.watch(self.token)
         with self.lock:
             old = self.tasks.get(name)
-            if old is not None and old.active:
-                old.stop()
             self.tasks[name] = task
+        if old is not None and old is not task:
+            old.leave(self.token)
         return task
 
-    def task(self, name: str) -> Task | None:
+    def task(self, name: str) -> Job | None:
         with self.lock:
             return self.tasks.get(name)
 
-    def anything_active(self) -> bool:
+    def stop_job(self, job: Job) -> bool:
+        """The Stop button for ``job``: stops it when this workspace is its only watcher (True; the run keeps its δ
+        so far and stays shown), else this workspace alone stops watching it — it disappears from here and goes on
+        for the others (False)."""
+        if job.leave(self.token) or job.watchers() == 0:
+            return True
         with self.lock:
-            jobs = list(self.runs) + ([self.demo] if self.demo else [])
-            tasks = list(self.tasks.values())
-        return any(j.active for j in jobs) or any(t.active for t in tasks)
+            self.runs = [j for j in self.runs if j is not job]
+            if self.demo is job:
+                self.demo = None
+            for name, task in list(self.tasks.items()):
+                if task is job:
+                    del self.tasks[name]
+        return False
+
+    def jobs(self) -> list[Job]:
+        with self.lock:
+            return list(self.runs) + ([self.demo] if self.demo else []) + list(self.tasks.values())
+
+    def anything_active(self) -> bool:
+        return any(j.active for j in self.jobs())
 
     def stop_all(self) -> None:
-        with self.lock:
-            jobs = list(self.runs) + ([self.demo] if self.demo else [])
-            tasks = list(self.tasks.values())
-        for job in jobs:
+        """The workspace was abandoned (no browser shows it): stop watching its active jobs (see Job.leave)."""
+        for job in self.jobs():
             if job.active:
-                job.stop()
-        for task in tasks:
-            if task.active:
-                task.stop()
+                job.leave(self.token, abandoned=True)
 
 
 _REGISTRY: dict[str, Workspace] = {}
@@ -428,8 +557,8 @@ def attach(token: str, session_id: str) -> Workspace:
 
 
 def detach(token: str, session_id: str, grace: float = GRACE_SECONDS) -> None:
-    """A browser session went away; if no other session shows the workspace within ``grace`` seconds, its running
-    jobs are stopped (their best δ so far is kept)."""
+    """A browser session went away; if no other session shows the workspace within ``grace`` seconds, it stops
+    watching its jobs (a job nobody watches is stopped, its best δ so far kept; see :meth:`Job.leave`)."""
     with _REGISTRY_LOCK:
         ws = _REGISTRY.get(token)
     if ws is None:
@@ -462,3 +591,8 @@ def _forget_idle_locked() -> None:
 def all_workspaces() -> list[Workspace]:
     with _REGISTRY_LOCK:
         return list(_REGISTRY.values())
+
+
+def live_sessions() -> int:
+    """Browser sessions that show a workspace with active work (they poll while it runs)."""
+    return sum(len(ws.sessions) for ws in all_workspaces() if ws.anything_active())

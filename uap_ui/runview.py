@@ -3,6 +3,11 @@ and the save / download controls of a finished run. Used by Home (the demo) and 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import threading
+from collections import OrderedDict
 from typing import Sequence
 
 import streamlit as st
@@ -11,13 +16,37 @@ from uap_core.artifacts import uap_to_bytes
 from uap_core.errors import UAPError
 from uap_core.library import safe_name
 
-from . import cache, charts, widgets
+from . import cache, charts, jobs, spaces, widgets
 from .jobs import DONE, FAILED, QUEUED, STOPPED, JobSnapshot
 
 POLL_SECONDS = 1.0  # page refresh while a run is live: each poll redraws the charts (browser CPU)
-STATE_BADGES = {"running": ":blue-badge[running]", "queued": ":gray-badge[queued: waiting for the GPU]",
+REDRAWS_PER_SECOND = 4.0  # at most about this many live redraws per second in all, however many sessions watch
+STATE_BADGES = {"running": ":blue-badge[running]", "queued": ":gray-badge[queued]",
                 "done": ":green-badge[finished]", "stopped": ":orange-badge[stopped]",
                 "failed": ":red-badge[failed]"}
+
+
+_POLL_KEY = "_uap_poll_seconds"
+
+
+def poll_seconds() -> float:
+    """How often a live view redraws (its fragment's ``run_every``): every POLL_SECONDS alone; with many sessions
+    watching runs at once they poll less often (20 sessions: every 5 s), so that redrawing pages never starves the
+    runs of the server's CPU. Remembered for :func:`keep_pace`."""
+    seconds = max(POLL_SECONDS, jobs.live_sessions() / REDRAWS_PER_SECOND)
+    st.session_state[_POLL_KEY] = seconds
+    return seconds
+
+
+def keep_pace() -> None:
+    """Inside a live fragment: when the right polling interval has moved far from the one the fragment was
+    registered with (many sessions joined, or left), rerun the page once to register the new one."""
+    registered = st.session_state.get(_POLL_KEY)
+    if registered is None:
+        return
+    wanted = max(POLL_SECONDS, jobs.live_sessions() / REDRAWS_PER_SECOND)
+    if wanted > 1.5 * registered or wanted < registered / 1.5:
+        st.rerun()
 
 
 def series(snapshots: Sequence[JobSnapshot]) -> list[charts.RunSeries]:
@@ -42,9 +71,13 @@ def status_line(snap: JobSnapshot) -> None:
         parts.append(f"random noise {baseline:.0%}")
     if snap.result is not None:
         parts.append(f"kept δ: step {snap.result.best_step} ({snap.result.reason})")
+    if snap.active and snap.watchers > 1:
+        parts.append(f"shared: {snap.watchers} pages watch it")
     st.markdown(" · ".join(parts))
+    if snap.active:
+        keep_pace()
     if snap.state == QUEUED:
-        st.caption("Another session is using the GPU; this run starts when it is free.")
+        queue_caption(snap)
     elif snap.active and not snap.events:
         st.caption("Preparing: classifying the clean images and the random-noise baseline…")
     if snap.active and total:
@@ -58,11 +91,34 @@ def metric_charts(snapshots: Sequence[JobSnapshot], key: str, keys: Sequence[str
     """The live metric charts, one trace per run, against step or image-gradients (``x_axis``)."""
     runs = series(snapshots)
     specs = [charts.metric_spec(k) for k in keys] if keys else list(charts.METRICS)
+    version = tuple((s.id, s.label, len(s.events), s.active) for s in snapshots)
     cols = st.columns(columns)
     for i, spec in enumerate(specs):
         with cols[i % columns]:
-            st.plotly_chart(charts.metric_figure(runs, spec, height=height, x_axis=x_axis),
-                            key=f"{key}_{spec.key}", width="stretch")
+            figure = _figure((version, spec.key, height, x_axis),
+                             lambda: charts.metric_figure(runs, spec, height=height, x_axis=x_axis))
+            st.plotly_chart(figure, key=f"{key}_{spec.key}", width="stretch")
+
+
+_FIGURES: "OrderedDict[tuple, object]" = OrderedDict()
+_FIGURES_LOCK = threading.Lock()
+FIGURES_KEPT = 64
+
+
+def _figure(key: tuple, build):
+    """A metric figure built once per state of its runs (the pages watching one shared run redraw the same
+    figure: building it costs some 20 ms of the server's CPU; Streamlit only reads it)."""
+    with _FIGURES_LOCK:
+        figure = _FIGURES.get(key)
+        if figure is not None:
+            _FIGURES.move_to_end(key)
+            return figure
+    figure = build()
+    with _FIGURES_LOCK:
+        _FIGURES[key] = figure
+        while len(_FIGURES) > FIGURES_KEPT:
+            _FIGURES.popitem(last=False)
+    return figure
 
 
 def delta_and_histogram(snap: JobSnapshot, key: str) -> None:
@@ -127,9 +183,11 @@ def result_panel(snap: JobSnapshot, key: str) -> None:
             overwrite = st.checkbox("Replace an entry of the same name", key=f"{key}_overwrite")
             if st.form_submit_button("Save to the library", icon=":material/save:"):
                 try:
+                    library = spaces.library()
                     with cache.LIBRARY_LOCK:
-                        entry = cache.library().save(name, result.delta, result.metadata(), overwrite=overwrite)
-                    st.success(f"Saved as **{entry.name}** in {cache.library().root}", icon=":material/check:")
+                        entry = library.save(name, result.delta, result.metadata(), overwrite=overwrite)
+                    where = "your space on this server" if spaces.space_name() else library.root
+                    st.success(f"Saved as **{entry.name}** in {where}", icon=":material/check:")
                 except UAPError as exc:
                     st.error(str(exc))
     with download_col:
@@ -138,38 +196,90 @@ def result_panel(snap: JobSnapshot, key: str) -> None:
                            key=f"{key}_download", on_click="ignore", icon=":material/download:")
 
 
+def queue_caption(snap: JobSnapshot) -> None:
+    """Where a waiting job stands: "in queue: 3rd, about 40 s", and why it waits."""
+    place = snap.queue
+    if place is None:
+        st.caption("Waiting to start…")
+        return
+    where = "on its GPU" if place.pool == "cuda" else "on its CPU"
+    st.caption(f":material/hourglass_top: **{place.describe()}** — this server runs {place.capacity} at once "
+               f"{where}; a run's time limit counts from its start, not from now.")
+
+
 def finished_state(snap: JobSnapshot) -> bool:
     return snap.state in (DONE, STOPPED, FAILED)
 
 
-def start_run(config, choice: "widgets.ImageChoice", kind: str = "generate", label: str | None = None):
-    """Validate ``config``, get the cached model and images, and start a :class:`~uap_ui.jobs.Job`.
+def run_key(config, choice: "widgets.ImageChoice") -> str:
+    """What makes two requests the same run (hence the same δ): the validated configuration, the device it
+    resolves to and the images (their path and modification time, or the uploads' content)."""
+    from uap_core.models import resolve_device
 
-    Returns the started job, or None after showing the error in the page."""
+    settings = dataclasses.asdict(config)
+    settings["device"] = str(resolve_device(config.device))
+    text = json.dumps(settings, sort_keys=True, default=str) + "|" + widgets.image_key(choice, config.model,
+                                                                                         config.input_size)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def start_run(config, choice: "widgets.ImageChoice", kind: str = "generate", label: str | None = None):
+    """Validate ``config``, then watch the identical run if one is going or finished lately (same settings, seed
+    and images: the same δ), else get the cached model and images and start a :class:`~uap_ui.jobs.Job`.
+
+    Returns the job, or None after showing the error in the page."""
     from uap_core.run import Run
 
-    from .jobs import Job
+    from .jobs import Job, shared_job
 
     try:
-        Run(config)  # validation only: a bad parameter is reported before any loading
-        model = cache.model(config.model, config.device)
-        images = widgets.load_image_choice(choice, config.model, config.input_size)
-        run = Run(config, model=model, images=images)
+        validated = Run(config).config  # validation only: a bad parameter is reported before any loading
+        widgets.check_image_choice(choice)  # a path this session may not read, an upload over the limit
+        key = run_key(validated, choice)
     except UAPError as exc:
         st.error(str(exc), icon=":material/error:")
         return None
-    if images.skipped:  # shown after the rerun that redraws the buttons (see show_notices)
-        st.session_state.setdefault(_NOTICES, []).append(images)
-    return Job(run, label=label, kind=kind).start()
+
+    def create():
+        try:
+            model = cache.model(config.model, config.device)
+            images = widgets.load_image_choice(choice, config.model, config.input_size)
+            run = Run(config, model=model, images=images)
+        except UAPError as exc:
+            st.error(str(exc), icon=":material/error:")
+            return None
+        if images.skipped:  # shown after the rerun that redraws the buttons (see show_notices)
+            st.session_state.setdefault(_NOTICES, []).append(images)
+        return Job(run, label=label, kind=kind).start()
+
+    from .session import current_workspace
+
+    job, reused = shared_job(key, create, own=current_workspace())
+    if job is not None and reused:
+        state = "is already going" if job.active else "finished a moment ago"
+        st.session_state.setdefault(_NOTICES, []).append(
+            f"The same run (same model, method, images, settings and seed, hence the same δ) {state}: it is "
+            f"shown here from the step it has reached instead of being started again.")
+    return job
 
 
 _NOTICES = "_uap_run_notices"
 
 
 def show_notices() -> None:
-    """Warnings left by :func:`start_run` for the next script run (files that could not be decoded)."""
-    for images in st.session_state.pop(_NOTICES, []):
-        widgets.show_skipped(images)
+    """Notes left by :func:`start_run` for the next script run: files that could not be decoded, a shared run."""
+    for notice in st.session_state.pop(_NOTICES, []):
+        if isinstance(notice, str):
+            st.info(notice, icon=":material/group:")
+        else:
+            widgets.show_skipped(notice)
+
+
+def stop_job(workspace, job) -> None:
+    """The Stop button: stops ``job`` when this page alone watches it, else only this page stops watching it."""
+    if job is not None and not workspace.stop_job(job):
+        st.session_state.setdefault(_NOTICES, []).append(
+            "You left a shared run: it goes on for the other pages that watch it (it was not stopped).")
 
 
 def job_analysis(job, snap: JobSnapshot):
