@@ -48,8 +48,7 @@ st.markdown(f"**{config.model}** (a real ImageNet model, weights offline) · **S
 
 
 def stop_demo(ws: Workspace) -> None:
-    if ws.demo is not None:
-        ws.demo.stop()
+    runview.stop_job(ws, ws.demo)  # a demo other pages also watch goes on for them
 
 
 demo_running = workspace.demo is not None and workspace.demo.active
@@ -66,7 +65,7 @@ if clicked:
 runview.show_notices()
 
 
-@st.fragment(run_every=runview.POLL_SECONDS if demo_running else None)
+@st.fragment(run_every=runview.poll_seconds() if demo_running else None)
 def demo_view() -> None:
     """Live while the demo runs (polled every second); one full rerun when it ends."""
     ws = current_workspace()
@@ -81,8 +80,11 @@ def demo_view() -> None:
     runview.status_line(snap)
     chart_col, delta_col = st.columns([3, 1])
     with chart_col:
-        runview.metric_charts([snap], key="demo_chart", keys=("fooling_ratio", "batch_fooling_ratio"), columns=2,
+        runview.metric_charts([snap], key="demo_chart", keys=("fooling_ratio", "grad_cosine"), columns=2,
                               height=300)
+        st.caption("**How to read the right chart:** the cosine between the gradients of two successive steps. "
+                   "Near 1, successive batches agree on where δ should go and it moves steadily; near 0, each "
+                   "batch pulls δ elsewhere — the instability SGA's aggregated small-batch gradients reduce.")
     with delta_col:
         if snap.delta is not None:
             widgets.perturbation_image(snap.delta)

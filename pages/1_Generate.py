@@ -24,8 +24,8 @@ st.caption("One perturbation δ for all images, fitted on half of them and measu
 
 
 def stop_runs(ws: Workspace) -> None:
-    for job in ws.running():
-        job.stop()
+    for job in ws.running():  # a run other pages also watch goes on for them
+        runview.stop_job(ws, job)
 
 
 # ---------------------------------------------------------------------------------------------- the setup
@@ -166,7 +166,7 @@ with st.container(border=True):
 running_at_render = bool(workspace.running())
 
 
-@st.fragment(run_every=runview.POLL_SECONDS if running_at_render else None)
+@st.fragment(run_every=runview.poll_seconds() if running_at_render else None)
 def live_view() -> None:
     """Redrawn every second while a run is going; one full rerun when the last one ends."""
     ws = current_workspace()

@@ -14,7 +14,7 @@ from uap_core.errors import UAPError
 from uap_core.models import model_names
 from uap_core.report import PerturbationReport
 from uap_core.transfer import evaluate_uap
-from uap_ui import analysis, cache, widgets
+from uap_ui import analysis, cache, photo, spaces, widgets
 from uap_ui.session import setup_page
 
 setup_page("Inspect")
@@ -36,9 +36,10 @@ def pick_uap() -> tuple[str, UAPArtifact] | None:
                       persist_state="session")
     if source == "library":
         with cache.LIBRARY_LOCK:
-            entries = [e for e in cache.library().list() if e.error is None]
+            entries = [e for e in spaces.library().list() if e.error is None]
         if not entries:
-            st.info("The library is empty: generate a perturbation and save it, or upload one.",
+            st.info("The library is empty (and no shipped perturbation was found in assets/uaps): generate a "
+                    "perturbation and save it, or upload one.",
                     icon=":material/inventory_2:")
             return None
         by_name = {e.name: e for e in entries}
@@ -47,13 +48,13 @@ def pick_uap() -> tuple[str, UAPArtifact] | None:
         entry = by_name[name]
         try:
             with cache.LIBRARY_LOCK:
-                artifact = cache.library().load(name)
+                artifact = spaces.library().load(name)
         except UAPError as exc:
             st.error(str(exc))
             return None
         return f"lib:{name}:{entry.modified}", artifact
-    upload = st.file_uploader("Perturbation file (.safetensors, .pt/.pth or .npy; shape 3×H×W)",
-                              type=["safetensors", "pt", "pth", "npy"], key="insp_upload")
+    upload = st.file_uploader("Perturbation file (.safetensors, .pt/.pth, .npy, or a published .mat: the UAP paper's, GD-UAP's, TRM-UAP's and SGD-UAP's files are converted)",
+                              type=["safetensors", "pt", "pth", "npy", "mat"], key="insp_upload")
     if upload is None:
         st.info("Upload a perturbation file.", icon=":material/upload_file:")
         return None
@@ -99,6 +100,12 @@ if artifact is None or not model_ok:
 model = widgets.load_model_or_error(status.spec.name)
 if model is None:
     st.stop()
+
+with st.container(border=True):
+    st.subheader("Your own photo")
+    photo.photo_section("insp_photo", model, artifact.delta, float(strength))
+
+st.subheader("A set of images")
 try:
     images = widgets.load_image_choice(choice, status.spec.name, limit=int(limit))
 except UAPError as exc:

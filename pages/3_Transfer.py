@@ -11,7 +11,7 @@ import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 
 from uap_core.errors import UAPError
 from uap_core.transfer import TransferMatrix, transfer_matrix
-from uap_ui import cache, charts, runview, widgets
+from uap_ui import cache, charts, runview, spaces, widgets
 from uap_ui.jobs import Task, Workspace
 from uap_ui.session import current_workspace, setup_page
 
@@ -22,8 +22,9 @@ st.title("Transfer: does a perturbation fool other models?")
 st.caption("Each saved UAP is added to the same images and every model classifies them: the fooling ratio of "
            "UAP i on model j. The diagonal-like cells (a UAP on its own model) are white-box, the rest black-box.")
 
+library = spaces.library()  # on a class server: the visitor's own space, the owner's library and the shipped zoo
 with cache.LIBRARY_LOCK:
-    entries = [e for e in cache.library().list() if e.error is None]
+    entries = [e for e in library.list() if e.error is None]
 statuses = cache.model_statuses()
 available = [s.spec.name for s in statuses if s.available]
 all_models = [s.spec.name for s in statuses]
@@ -53,9 +54,7 @@ with right:
 
 
 def stop_task(ws: Workspace) -> None:
-    task = ws.task(TASK)
-    if task is not None:
-        task.stop()
+    runview.stop_job(ws, ws.task(TASK))
 
 
 task = workspace.task(TASK)
@@ -68,12 +67,13 @@ b2.button("Stop", key="tr_stop", on_click=stop_task, args=(workspace,), disabled
 
 def start_transfer() -> Task | None:
     """Load the UAPs and the available models here (cached, errors shown), then fill the table in a worker."""
-    if not choice.source:
+    if not choice.source and not choice.error:
         st.error("Enter a folder or .npz path first.")
         return None
     try:
+        widgets.check_image_choice(choice)  # a folder this session may not read, an upload over the limit
         with cache.LIBRARY_LOCK:
-            uaps = {name: cache.library().load(name) for name in chosen_uaps}
+            uaps = {name: library.load(name) for name in chosen_uaps}
     except UAPError as exc:
         st.error(str(exc))
         return None
@@ -116,7 +116,7 @@ if compute:
         busy = True
 
 
-@st.fragment(run_every=runview.POLL_SECONDS if busy else None)
+@st.fragment(run_every=runview.poll_seconds() if busy else None)
 def table_view() -> None:
     current = current_workspace().task(TASK)
     if current is None:
@@ -126,7 +126,9 @@ def table_view() -> None:
     if busy and not snap.active:
         st.rerun()
     if snap.active:
-        st.progress(snap.progress, text=snap.message)
+        st.progress(snap.progress, text=snap.message)  # while it waits: "in queue: 2nd, about 30 s"
+        if snap.queue is not None:
+            runview.queue_caption(snap)
         return
     if snap.error:
         st.error(snap.error, icon=":material/error:")

@@ -11,14 +11,20 @@ import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 
 from uap_core.artifacts import perturbation_png, uap_to_bytes
 from uap_core.errors import UAPError
-from uap_ui import cache, charts
+from uap_ui import cache, charts, spaces
 from uap_ui.jobs import short_algorithm_name
 from uap_ui.session import setup_page
 
 setup_page("Library")
 st.title("Library")
-library = cache.library()
-st.caption(f"Saved perturbations in `{library.root}` (set `UAP_LIBRARY_DIR` to use another folder).")
+library = spaces.library()  # a visitor of a class server: their own space + read-only sources
+st.caption(f"Saved perturbations in `{library.root}` (set `UAP_LIBRARY_DIR` to use another folder). Entries "
+           "named *shipped: …* come with UAP Explorer (`assets/uaps`, built by `python assets/make_zoo.py`): "
+           "ready to inspect and transfer, read-only.")
+if spaces.space_name():
+    st.caption(":material/school: On this class server what you save or import stays in your own space; entries "
+               "named *owner: …* belong to the server's owner (read-only; renaming or deleting them takes the "
+               "owner's password).")
 
 _FLASH = "_library_flash"
 if st.session_state.get(_FLASH):
@@ -39,7 +45,7 @@ def row(entry) -> dict:
     meta, summary = entry.metadata, entry.metadata.get("summary") or {}
     eps = meta.get("eps")
     return {
-        "name": entry.name, "model": meta.get("model"), "algorithm": short_algorithm_name(meta.get("algorithm") or ""),
+        "name": entry.name, "source": entry.source + (" (read-only)" if entry.read_only else ""), "model": meta.get("model"), "algorithm": short_algorithm_name(meta.get("algorithm") or ""),
         "eps": f"{float(eps) * 255:g}/255" if isinstance(eps, (int, float)) else None, "norm": meta.get("norm"),
         "seed": meta.get("seed"), "held-out fooling ratio": summary.get("fooling_ratio"),
         "random noise": summary.get("random_fooling_ratio"),
@@ -96,37 +102,49 @@ else:
                 st.code(json.dumps({k: v for k, v in entry.metadata.items() if k != "history"}, indent=1,
                                    default=str)[:20000], language="json")
 
-    with st.container(border=True):
-        st.markdown(f"**Manage `{entry.name}`**")
-        r1, r2 = st.columns(2)
-        with r1:
-            with st.form("lib_rename_form", border=False):
-                new_name = st.text_input("New name", value=entry.name, key="lib_new_name")
-                if st.form_submit_button("Rename", icon=":material/edit:"):
-                    try:
-                        with cache.LIBRARY_LOCK:
-                            renamed = library.rename(entry.name, new_name)
-                        flash(f"Renamed {entry.name} to {renamed.name}.")
-                    except UAPError as exc:
-                        st.error(str(exc))
-        with r2:
-            with st.form("lib_delete_form", border=False):
-                sure = st.checkbox(f"Yes, delete {entry.name}", key="lib_delete_sure")
-                if st.form_submit_button("Delete", icon=":material/delete:"):
-                    if not sure:
-                        st.warning("Tick the box to confirm.")
-                    else:
+    rights = spaces.manage_rights(entry)  # "manage", "password" (the owner's entries) or "read"
+    if rights == "read":
+        st.caption(f":material/lock: **{entry.name}** is read-only ({entry.source}): it cannot be renamed, "
+                   "deleted or overwritten. Download it to keep a copy of your own.")
+    else:
+        with st.container(border=True):
+            st.markdown(f"**Manage `{entry.name}`**")
+            r1, r2 = st.columns(2)
+            with r1:
+                with st.form("lib_rename_form", border=False):
+                    new_name = st.text_input("New name", value=entry.name.split(": ", 1)[-1], key="lib_new_name")
+                    password = st.text_input("Owner's password", type="password", key="lib_rename_password") \
+                        if rights == "password" else None
+                    if st.form_submit_button("Rename", icon=":material/edit:"):
                         try:
+                            target, stem = spaces.manage_target(entry, password)
                             with cache.LIBRARY_LOCK:
-                                library.delete(entry.name)
-                            flash(f"Deleted {entry.name}.")
+                                renamed = target.rename(stem, new_name)
+                            flash(f"Renamed {entry.name} to {renamed.name}.")
                         except UAPError as exc:
                             st.error(str(exc))
+            with r2:
+                with st.form("lib_delete_form", border=False):
+                    sure = st.checkbox(f"Yes, delete {entry.name}", key="lib_delete_sure")
+                    password = st.text_input("Owner's password", type="password", key="lib_delete_password") \
+                        if rights == "password" else None
+                    if st.form_submit_button("Delete", icon=":material/delete:"):
+                        if not sure:
+                            st.warning("Tick the box to confirm.")
+                        else:
+                            try:
+                                target, stem = spaces.manage_target(entry, password)
+                                with cache.LIBRARY_LOCK:
+                                    target.delete(stem)
+                                flash(f"Deleted {entry.name}.")
+                            except UAPError as exc:
+                                st.error(str(exc))
 
 st.subheader("Upload a perturbation")
 with st.form("lib_upload_form", clear_on_submit=False):
-    upload = st.file_uploader("File (.safetensors, .pt/.pth or .npy; a 3×H×W float tensor in pixel units)",
-                              type=["safetensors", "pt", "pth", "npy"], key="lib_upload")
+    upload = st.file_uploader("File (.safetensors, .pt/.pth, .npy or .mat: a 3×H×W tensor in pixel units, or a published UAP — the UAP paper's .mat, GD-UAP's and TRM-UAP's .npy, SGD-UAP's .pth — converted, the conversion recorded)",
+                              type=["safetensors", "pt", "pth", "npy", "mat"], key="lib_upload",
+                              max_upload_size=max(1, int(spaces.upload_limit_mb())))
     upload_name = st.text_input("Name in the library (default: the file name)", key="lib_upload_name")
     if st.form_submit_button("Import", icon=":material/upload:"):
         if upload is None:
@@ -134,6 +152,7 @@ with st.form("lib_upload_form", clear_on_submit=False):
         else:
             target = upload_name.strip() or upload.name.rsplit(".", 1)[0]
             try:
+                spaces.check_upload(upload.size)
                 with cache.LIBRARY_LOCK:
                     imported = library.import_bytes(target, upload.getvalue(), upload.name)
                 flash(f"Imported {upload.name} as {imported.name}.")

@@ -64,7 +64,8 @@ def server(tmp_path_factory):
     save_test_uap(library, "browser-uap")
     port = _free_port()
     env = {**os.environ, "UAP_LIBRARY_DIR": str(library), "OMP_WAIT_POLICY": "PASSIVE",
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+           "UAP_SHARED_KEEP_SECONDS": "0"}  # each test's demo runs live, not the finished run of an earlier test
     log_path = work / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -190,6 +191,9 @@ def test_page_opens(browser, server, path, heading):
     try:
         page = open_page(context, f"{server}/{path}", TALL)  # a deep link, as a bookmark would open it
         expect(page.get_by_role("heading", name=heading).first).to_be_visible(timeout=30_000)
+        menu = page.locator("[data-testid='stSidebar'] [data-testid='stPageLink']")
+        expect(menu.first).to_have_text(re.compile("Home"))  # the home page reads "Home", never "app"
+        expect(page.locator("[data-testid='stSidebar']").get_by_text("app", exact=True)).to_have_count(0)
         if path == "Inspect":  # the saved UAP: grid of clean / perturbed pairs and the histogram
             expect(page.get_by_text("Clean vs perturbed", exact=True)).to_be_visible(timeout=60_000)
             expect(page.locator("[data-testid='stImage']")).to_have_count(17, timeout=60_000)
@@ -197,9 +201,11 @@ def test_page_opens(browser, server, path, heading):
         if path == "Transfer":
             page.locator("button", has_text="Compute the table").click()
             expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1, timeout=90_000)
-        if path == "Library":
-            expect(page.locator("code", has_text="browser-uap").first).to_be_visible(timeout=30_000)  # "Manage …"
+        if path == "Library":  # the shipped zoo comes first, read-only; the saved UAP follows it
+            expect(page.get_by_text(re.compile(r"shipped: lite0 sga\*\* is read-only"))).to_be_visible(
+                timeout=30_000)
             expect(page.locator("[data-testid='stImage']")).to_have_count(1, timeout=30_000)  # its preview
+            expect(page.get_by_role("button", name="Delete")).to_have_count(0)
         wait_loaded(page)
         no_exception(page)
         page.wait_for_timeout(500)
@@ -274,5 +280,50 @@ def test_race_preset_live_on_the_image_gradient_axis(browser, server):
         wait_loaded(page)
         no_exception(page)
         shot(page, "10-generate-race-stopped")
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------------------------------------- a new user's photo
+def test_new_user_flips_the_label_of_their_own_photo(browser, server, tmp_path):
+    """Nothing generated: open Inspect, the shipped Lite0 SGA perturbation is there, upload a photo (a phone-sized
+    window), and its label flips, with the top-5 before and after."""
+    from playwright.sync_api import expect
+
+    from uap_core.images import decode_image, load_samples
+    from uap_core.library import shipped_library
+    from uap_core.models import load_model
+    from uap_core.report import photo_report
+
+    model = load_model("efficientnet_lite0", "cpu")
+    delta = shipped_library().load("lite0 sga").delta
+    samples = load_samples(224, 256, list(model.spec.class_names))
+    photo = None
+    for name in samples.names:  # a photo this δ flips (the core says so first; the page must show the same)
+        path = Path(__import__("foolbox").__file__).parent / "data" / name.split("/")[-1]
+        if name.startswith("foolbox/") and path.is_file():
+            report = photo_report(model, decode_image(path.read_bytes(), name, 224, 256), delta)
+            if report.flipped:
+                photo = (path, report)
+                break
+    assert photo is not None, "the shipped δ flips at least one embedded sample photo"
+    path, report = photo
+    context = browser.new_context()
+    try:
+        page = open_page(context, f"{server}/Inspect", {"width": 412, "height": 2400})  # a phone's width
+        expect(page.get_by_role("heading", name="Your own photo")).to_be_visible(timeout=60_000)
+        page.locator("input[type='file']").first.set_input_files(str(path))
+        flipped = page.get_by_text("Label flipped:")
+        expect(flipped).to_be_visible(timeout=60_000)
+        verdict = flipped.locator("xpath=ancestor::div[@data-testid='stMarkdownContainer'][1]")
+        expect(verdict).to_contain_text(report.clean_top.names[0])
+        expect(verdict).to_contain_text(report.perturbed_top.names[0])
+        expect(page.get_by_text("Top-5, clean")).to_be_visible()
+        expect(page.get_by_text("Top-5, perturbed")).to_be_visible()
+        wait_loaded(page)
+        no_exception(page)
+        page.get_by_role("heading", name="Your own photo").scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        shot(page, "05-inspect-own-photo-phone")
     finally:
         context.close()

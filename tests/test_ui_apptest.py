@@ -24,8 +24,10 @@ TIMEOUT = 120  # seconds for one script run (the first one loads the model)
 
 @pytest.fixture
 def library_dir(tmp_path, monkeypatch):
+    """An empty user library and no shipped zoo (the shipped entries have their own tests, tests/test_zoo.py)."""
     folder = tmp_path / "library"
     monkeypatch.setenv("UAP_LIBRARY_DIR", str(folder))
+    monkeypatch.setenv("UAP_SHIPPED_DIR", str(tmp_path / "no-shipped-zoo"))
     return folder
 
 
@@ -371,3 +373,30 @@ def test_closing_the_last_session_stops_its_jobs_after_the_grace_period():
     snap = job.snapshot()
     assert snap.state == jobs.STOPPED and snap.result is not None and snap.result.reason == "stopped"
     assert job.run is None, "a finished job lets go of its run (and the images on the device)"
+
+
+def test_generate_with_your_own_model_file(library_dir, tmp_path):
+    """"Your own model…": a bad name is a clear message; a TorchScript classifier file with its mean/std and size
+    fits a δ from the page like any registry model."""
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    path = tmp_path / "my net.pt"
+    torch.jit.save(torch.jit.script(network.eval()), str(path))
+    at = page("generate").run()
+    at.selectbox(key="gen_model").set_value("__custom__").run()
+    assert any("Type a model name" in i.value for i in at.info) and not at.exception
+    at.text_input(key="gen_model_custom").set_value(f"file:{tmp_path}/missing.pt?size=32&mean=0.5/0.5/0.5"
+                                                     "&std=0.25/0.25/0.25").run()
+    assert any("cannot be used" in e.value and "missing.pt" in e.value for e in at.error)
+    at.text_input(key="gen_model_custom").set_value(f"file:{path}?size=32&mean=0.5/0.5/0.5&std=0.25/0.25/0.25"
+                                                     "&labels=cifar10").run()
+    assert not at.exception and not at.error
+    at.number_input(key="gen_epochs_sga").set_value(1)
+    at.number_input(key="gen_sga_batch_size").set_value(5)
+    at.number_input(key="gen_sga_minibatch_size").set_value(5)
+    at.number_input(key="gen_sga_inner_passes").set_value(1)
+    at.run()
+    at.button(key="gen_start").click().run()
+    lines = wait_for_runs(at)
+    assert not at.exception and "finished]" in lines[0], lines

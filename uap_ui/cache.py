@@ -20,8 +20,9 @@ import torch
 from uap_core.ensemble import Ensemble, member_names
 from uap_core.evaluation import predict_logits
 from uap_core.images import ImageSet, load_images, load_uploads
-from uap_core.library import UAPLibrary
+from uap_core.library import CombinedLibrary, UAPLibrary, shipped_dir, shipped_library
 from uap_core.models import Classifier, ModelStatus, get_spec, list_models, load_model, resolve_device
+from uap_core.models import model_status as core_model_status
 
 from .session import library_root
 
@@ -36,6 +37,13 @@ def model_statuses() -> list[ModelStatus]:
 
 def model_status(name: str) -> ModelStatus:
     return next(s for s in model_statuses() if s.spec.name == name)
+
+
+@st.cache_resource(ttl=30, max_entries=16, show_spinner="Looking at the model…")
+def custom_model_status(name: str) -> ModelStatus:
+    """The status of a user's own model (``timm:NAME``, ``file:PATH?…``), re-checked every 30 s; ParameterError /
+    ModelUnavailableError for a name that cannot be a model."""
+    return core_model_status(name)
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model…")
@@ -115,13 +123,14 @@ def npz_upload_path(name: str, data: bytes) -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def _library(root: str) -> UAPLibrary:
-    return UAPLibrary(root)
+def _library(root: str, shipped: str) -> CombinedLibrary:
+    return CombinedLibrary(UAPLibrary(root), [shipped_library(shipped)])
 
 
-def library() -> UAPLibrary:
-    """The UAP library at $UAP_LIBRARY_DIR (default ~/.uap_explorer/library)."""
-    return _library(str(library_root()))
+def library() -> CombinedLibrary:
+    """The UAP library at $UAP_LIBRARY_DIR (default ~/.uap_explorer/library), with the shipped zoo
+    (``assets/uaps``) listed first, read-only, its names prefixed "shipped: "."""
+    return _library(str(library_root()), str(shipped_dir()))
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from . import jobs
+from . import jobs, nav
 
 TOKEN_PARAM = "ws"
 _TOKEN_KEY = "_uap_workspace_token"
@@ -72,9 +72,14 @@ def setup_page(title: str, icon: str = ":material/blur_on:") -> jobs.Workspace:
     """Common page setup: page config, sidebar note, and this session's workspace."""
     st.set_page_config(page_title=f"{title} · UAP Explorer", page_icon=icon, layout="wide")
     workspace = current_workspace()
+    from . import spaces  # imports this module
+
+    spaces.apply_server_settings()
     with st.sidebar:
+        nav.menu()
         st.caption("UAP Explorer — universal adversarial perturbations, live.")
         running = workspace.running()
         if running:
             st.caption(f"{len(running)} run(s) in progress: " + ", ".join(j.label for j in running))
+        spaces.sidebar_note()
     return workspace

@@ -7,6 +7,9 @@ Every widget has a stable key; the settings of the Generate form persist across 
 from __future__ import annotations
 
 import html
+import io
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,7 @@ from uap_core.models import ModelStatus, get_spec, load_model
 from uap_core.params import describe
 from uap_core.report import PerturbationReport, perturbed_pixels
 
-from . import cache, charts
+from . import cache, charts, spaces
 from .analysis import to_pil
 
 STATE_LABELS = {"available": "available offline", "needs download": "needs a one-time download",
@@ -38,11 +41,43 @@ def model_picker(key: str, label: str = "Model", default: str | None = DEFAULT_M
     by_name = {s.spec.name: s for s in statuses}
     index = names.index(default) if default in names else 0
     name = st.selectbox(
-        label, names, index=index, key=key,
-        format_func=lambda n: f"{by_name[n].spec.title} — {STATE_LABELS.get(by_name[n].state, by_name[n].state)}",
-        help=help or "Every model of the registry; the ones marked 'available offline' load without a network.",
+        label, names + [CUSTOM_MODEL], index=index, key=key,
+        format_func=lambda n: CUSTOM_LABEL if n == CUSTOM_MODEL else
+        f"{by_name[n].spec.title} — {STATE_LABELS.get(by_name[n].state, by_name[n].state)}",
+        help=help or "Every model of the registry; the ones marked 'available offline' load without a network. "
+                     "The last entry takes your own classifier: any timm model, or a TorchScript / torch.export "
+                     "file.",
         persist_state="session" if persist else None)
+    if name == CUSTOM_MODEL:
+        return custom_model(f"{key}_custom", persist)
     return by_name[name]
+
+
+CUSTOM_MODEL = "__custom__"
+CUSTOM_LABEL = "Your own model… (timm:NAME, or a TorchScript / torch.export file)"
+
+
+def custom_model(key: str, persist: bool = True) -> ModelStatus:
+    """A text field for a timm model or a classifier file; the page stops with a clear message until the name
+    describes a model that can be loaded (a visitor of a class server may only name files in shared folders)."""
+    text = st.text_input(
+        "Model name", key=key, persist_state="session" if persist else None,
+        placeholder="timm:convnext_tiny   or   file:/path/net.pt?size=224&mean=0.485/0.456/0.406&std=0.229/0.224/0.225",
+        help="`timm:NAME` — any timm model, with timm's own preprocessing (weights from its hub when online, or "
+             "from timm's cache). `file:PATH?size=S&mean=a/b/c&std=a/b/c` — a TorchScript (torch.jit.save) or "
+             "torch.export (.pt2) classifier taking RGB images in [0, 1] normalised by mean/std at S×S pixels; "
+             "add `&labels=imagenet` or `&labels=cifar10` for class names.").strip()
+    if not text:
+        st.info("Type a model name to use your own classifier.", icon=":material/edit:")
+        st.stop()
+    try:
+        if text.startswith("file:"):
+            spaces.check_path(text[5:].split("?", 1)[0])
+        status = cache.custom_model_status(text)
+    except UAPError as exc:
+        st.error(f"This model cannot be used: {exc}", icon=":material/error:")
+        st.stop()
+    return status
 
 
 def ensemble_picker(key: str, status: ModelStatus, algorithm: str, persist: bool = True) -> list[str]:
@@ -140,6 +175,8 @@ class ImageChoice:
     kind: str
     source: str | None = None
     uploads: list[tuple[str, bytes]] | None = None
+    uploaded: bool = False  # the source is a stored upload (not a path the user typed)
+    error: str | None = None  # why the choice cannot be used (e.g. an upload over the size limit)
 
     @property
     def describe(self) -> str:
@@ -156,8 +193,14 @@ IMAGE_KINDS = {"samples": "Embedded samples", "folder": "A folder on this machin
 
 
 def image_source_picker(prefix: str, persist: bool = True, kinds: tuple[str, ...] = tuple(IMAGE_KINDS)) -> ImageChoice:
-    """Radio of image sources plus the path field or uploader of the chosen one."""
+    """Radio of image sources plus the path field or uploader of the chosen one. On a class server a visitor
+    reads only the folders the owner shares (none by default: no folder option then) and uploads at most
+    ``spaces.upload_limit_mb()`` at once."""
     keep = "session" if persist else None
+    access = spaces.folder_access()
+    if access.none:
+        kinds = tuple(k for k in kinds if k != "folder")
+    limit_mb = spaces.upload_limit_mb()
     kind = st.radio("Images", list(kinds), format_func=IMAGE_KINDS.get, key=f"{prefix}_images_kind",
                     horizontal=True, persist_state=keep,
                     help="Embedded samples: 20 labelled ImageNet photos + 5 scikit-image photos, offline. Half are "
@@ -166,18 +209,47 @@ def image_source_picker(prefix: str, persist: bool = True, kinds: tuple[str, ...
         return ImageChoice("samples", "samples")
     if kind == "folder":
         path = st.text_input("Folder path", key=f"{prefix}_folder", persist_state=keep,
-                             placeholder="/path/to/images (class sub-folders or <wnid>_*.JPEG names give labels)")
+                             placeholder="/path/to/images (class sub-folders or <wnid>_*.JPEG names give labels)",
+                             help=f"Readable from this page: {access.describe()}.")
         return ImageChoice("folder", path.strip() or None)
     if kind == "npz":
-        path = st.text_input(".npz path", key=f"{prefix}_npz_path", persist_state=keep,
-                             placeholder="/path/to/cifar10-test.npz (arrays x: N×32×32×3 uint8, y: N labels)")
-        upload = st.file_uploader("…or upload a .npz", type=["npz"], key=f"{prefix}_npz_upload")
+        path = "" if access.none else st.text_input(
+            ".npz path", key=f"{prefix}_npz_path", persist_state=keep,
+            placeholder="/path/to/cifar10-test.npz (arrays x: N×32×32×3 uint8, y: N labels)",
+            help=f"Readable from this page: {access.describe()}.")
+        upload = st.file_uploader("…or upload a .npz" if not access.none else "Upload a .npz", type=["npz"],
+                                  key=f"{prefix}_npz_upload", max_upload_size=max(1, int(limit_mb)))
         if upload is not None:
-            return ImageChoice("npz", cache.npz_upload_path(upload.name, upload.getvalue()))
+            data = upload.getvalue()
+            try:
+                spaces.check_upload(len(data))
+            except UAPError as exc:
+                st.error(str(exc), icon=":material/error:")
+                return ImageChoice("npz", error=str(exc))
+            return ImageChoice("npz", cache.npz_upload_path(upload.name, data), uploaded=True)
         return ImageChoice("npz", path.strip() or None)
     files = st.file_uploader("Image files", type=None, accept_multiple_files=True, key=f"{prefix}_uploads",
-                             help="JPEG, PNG, WebP or BMP; at least 2 for a run (one to fit, one held out).")
-    return ImageChoice("upload", uploads=[(f.name, f.getvalue()) for f in files or []])
+                             max_upload_size=max(1, int(limit_mb)),
+                             help=f"JPEG, PNG, WebP or BMP; at least 2 for a run (one to fit, one held out); at most "
+                                  f"{limit_mb:g} MB " + ("per file." if spaces.is_owner() else "in all."))
+    uploads = [(f.name, f.getvalue()) for f in files or []]
+    try:
+        spaces.check_upload(sum(len(data) for _, data in uploads))
+    except UAPError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return ImageChoice("upload", uploads=[], error=str(exc))
+    return ImageChoice("upload", uploads=uploads)
+
+
+def check_image_choice(choice: ImageChoice) -> None:
+    """Raise a UAPError (shown by the page) when the choice cannot be used by this session: an upload over the
+    limit, or a path outside the folders a visitor may read."""
+    from uap_core.errors import ImageSourceError
+
+    if choice.error:
+        raise ImageSourceError(choice.error)
+    if choice.kind in ("folder", "npz") and choice.source and not choice.uploaded:
+        spaces.check_path(choice.source)
 
 
 def load_image_choice(choice: ImageChoice, model_name: str, input_size: int | None = None,
@@ -185,6 +257,7 @@ def load_image_choice(choice: ImageChoice, model_name: str, input_size: int | No
     """Decode the chosen images for a model (cached). Raises UAPError with a message for the page."""
     from uap_core.errors import ImageSourceError
 
+    check_image_choice(choice)
     if choice.kind == "upload":
         if not choice.uploads:
             raise ImageSourceError("no files uploaded yet: upload at least two images ("
@@ -283,9 +356,31 @@ def target_picker(key: str, model_name: str, enabled: bool, persist: bool = True
 
 
 # ---------------------------------------------------------------------------------------------- pictures
+_PNG_CACHE: "OrderedDict[int, tuple[torch.Tensor, int, bytes, float]]" = OrderedDict()
+_PNG_LOCK = threading.Lock()
+PNG_CACHE_SIZE = 32
+
+
+def delta_png(delta: torch.Tensor) -> tuple[bytes, float]:
+    """``perturbation_png`` of δ, remembered for the same tensor: a live δ shown by many pages (a shared run, each
+    page redrawing every few seconds) is encoded once per version, not once per redraw (about 0.1 s each on a CPU:
+    the noise-like pattern compresses slowly)."""
+    with _PNG_LOCK:
+        hit = _PNG_CACHE.get(id(delta))
+        if hit is not None and hit[0] is delta and hit[1] == delta._version:
+            _PNG_CACHE.move_to_end(id(delta))
+            return hit[2], hit[3]
+    png, scale = perturbation_png(delta.detach().float().cpu())
+    with _PNG_LOCK:
+        _PNG_CACHE[id(delta)] = (delta, delta._version, png, scale)  # holding δ keeps its id from being reused
+        while len(_PNG_CACHE) > PNG_CACHE_SIZE:
+            _PNG_CACHE.popitem(last=False)
+    return png, scale
+
+
 def perturbation_image(delta: torch.Tensor, caption: str | None = None, width: int | str = "stretch") -> float:
     """Show δ amplified so its largest entry reaches black/white (grey = 0). Returns the amplification."""
-    png, scale = perturbation_png(delta.detach().float().cpu())
+    png, scale = delta_png(delta)
     linf = float(delta.abs().max()) * 255
     text = caption or f"δ amplified ×{scale:.1f} (grey = 0), max |δ| = {linf:.1f}/255"
     st.image(png, caption=text, output_format="PNG", width=width)
@@ -308,20 +403,47 @@ def prediction_grid(images: ImageSet, report: PerturbationReport, count: int = 8
     if not rows:
         st.info("No image to show" + (" (none is fooled at this strength)." if only_fooled else "."))
         return
-    indices = torch.tensor([p.index for p in rows])
-    clean = images.pixels[indices]
-    perturbed = perturbed_pixels(clean, report.delta)
+    pictures = _pair_pngs(images, report.delta, [p.index for p in rows])
     grid = st.columns(columns)
-    for slot, (p, a, b) in enumerate(zip(rows, clean, perturbed)):
+    for slot, (p, (a, b)) in enumerate(zip(rows, pictures)):
         with grid[slot % columns]:
             with st.container(border=True):
                 mark = ":red[**fooled**]" if p.fooled else ":green[not fooled]"
                 st.markdown(f"{mark} · `{html.escape(p.name.split('/')[-1])}`")
                 left, right = st.columns(2)
-                left.image(to_pil(a), caption="clean: " + _caption(p.clean_name, p.clean_confidence),
+                left.image(a, caption="clean: " + _caption(p.clean_name, p.clean_confidence),
                            output_format="PNG", width="stretch")
-                right.image(to_pil(b), caption="perturbed: " + _caption(p.perturbed_name, p.perturbed_confidence),
+                right.image(b, caption="perturbed: " + _caption(p.perturbed_name, p.perturbed_confidence),
                             output_format="PNG", width="stretch")
+
+
+_PAIRS: "OrderedDict[tuple, tuple]" = OrderedDict()
+PAIRS_KEPT = 16
+
+
+def _pair_pngs(images: ImageSet, delta: torch.Tensor, indices: list[int]) -> list[tuple[bytes, bytes]]:
+    """Clean / perturbed PNGs of some images, encoded once for the same images and δ (the pages that watched one
+    shared run all draw the same pairs when it ends: 20 pages at once must not encode 240 PNGs)."""
+    key = (id(images.pixels), id(delta), delta._version, tuple(indices))
+    with _PNG_LOCK:
+        hit = _PAIRS.get(key)
+        if hit is not None and hit[0] is images.pixels and hit[1] is delta:
+            _PAIRS.move_to_end(key)
+            return hit[2]
+    clean = images.pixels[torch.tensor(indices)]
+    perturbed = perturbed_pixels(clean, delta)
+    pictures = [(_png_bytes(a), _png_bytes(b)) for a, b in zip(clean, perturbed)]
+    with _PNG_LOCK:
+        _PAIRS[key] = (images.pixels, delta, pictures)  # holding both keeps their ids from being reused
+        while len(_PAIRS) > PAIRS_KEPT:
+            _PAIRS.popitem(last=False)
+    return pictures
+
+
+def _png_bytes(image: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def histogram_chart(histogram: dict[str, Any], key: str, title: str = "Dominant labels under the perturbation",
