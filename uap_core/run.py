@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from . import distributed, metrics
+from . import distributed, memo, metrics
 from .algorithms import AttackSetup, UAPAlgorithm, get_algorithm
 from .errors import ParameterError
 from .ensemble import members_of
@@ -324,14 +324,17 @@ class Run:
         self.holdout_pixels = self.holdout_set if streaming else self.holdout_set.pixels.to(device)
         members = members_of(self.model)
         # each surrogate's own clean logits (N, M, C); the run picks δ by the ensemble's (mean-logit) prediction
-        fit_logits = torch.stack([predict_logits(m, self.fit_pixels, None, self.precision) for m in members], 1)
+        fit_logits = torch.stack([self._remember("clean logits", m, [self.fit_pixels],
+                                                 lambda m=m: predict_logits(m, self.fit_pixels, None, self.precision))
+                                  for m in members], 1)
         self.fit_clean = fit_logits.mean(1).argmax(1)
         if len(members) == 1:
             fit_logits = fit_logits[:, 0]
         attack_labels = fit_logits.argmax(-1)
-        self.holdout_clean, self.holdout_clean_confidence = predict_top1(self.model, self.holdout_pixels, None,
-                                                                         self.precision, across_ranks=True,
-                                                                         workers=cfg.workers)
+        self.holdout_clean, self.holdout_clean_confidence = self._remember(
+            "clean top-1", self.model, [self.holdout_pixels],
+            lambda: predict_top1(self.model, self.holdout_pixels, None, self.precision, across_ranks=True,
+                                 workers=cfg.workers))
         setup = AttackSetup(self.model, self.fit_pixels, attack_labels, cfg.eps, cfg.norm, cfg.target,
                             self.generator, self.precision, choose_compile(cfg.compile, device),
                             clean_logits=fit_logits if algorithm_class.uses_clean_logits else None,
@@ -354,6 +357,13 @@ class Run:
         noise_generator = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
         self.random_delta = metrics.random_perturbation(self.fit_pixels.shape[1:], cfg.eps, cfg.norm, noise_generator,
                                                         device)
+
+    def _remember(self, what: str, model: torch.nn.Module, tensors: list, compute: Callable[[], Any]) -> Any:
+        """A clean forward pass through the memo (uap_core.memo): a warm server answers a repeated run's clean
+        predictions without recomputing them. Streamed sets and several ranks always compute."""
+        if distributed.is_active() or not all(isinstance(t, torch.Tensor) for t in tensors):
+            return compute()
+        return memo.remember(what, model, tensors, (self.precision, self.config.target), compute)
 
     def _evaluate_holdout(self, delta: torch.Tensor) -> Evaluation:
         return evaluate(self.model, self.holdout_pixels, delta, self.holdout_set.labels, self.holdout_clean,
@@ -381,7 +391,9 @@ class Run:
         started = time.perf_counter()
         self._prepare()
         elapsed = lambda: time.perf_counter() - started  # noqa: E731
-        random_eval = self._evaluate_holdout(self.random_delta)
+        random_eval = self._remember("random-noise evaluation", self.model,
+                                     [self.holdout_pixels, self.random_delta, self.holdout_set.labels],
+                                     lambda: self._evaluate_holdout(self.random_delta))
         clean_eval_accuracy = random_eval.clean_accuracy  # = accuracy(k(x), labels) on the held-out images
         info = {
             "device": str(self.device), "precision": self.precision, "compiled": self.algorithm.compiled,
