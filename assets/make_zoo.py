@@ -119,6 +119,27 @@ def build(name: str, out: Path, imagenet: str, cifar: str, device: str, command:
     return summary
 
 
+def markdown_table(folder: Path) -> str:
+    """The shipped entries of ``folder`` as a Markdown table: model, method, budget, images, held-out fooling ratio
+    against random noise, the extra measurement, build time — all read from the entries' JSON."""
+    rows = ["| entry | model | method | eps | fitted on | held-out FR | random noise | also measured on | built in |",
+            "|---|---|---|---|---|---:|---:|---|---:|"]
+    entries = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda m: m["zoo"]["rank"])
+    for meta in entries:
+        zoo, config, info = meta["zoo"], meta["config"], meta.get("info", {})
+        fit = info.get("fit_images", 0)
+        views = f" ({config['augment']} crop/flip views of {fit // config['augment']} photos)" if config.get(
+            "augment") else ""
+        fitted = "nothing (data-free)" if not fit else f"{fit} images{views}"
+        extra = "; ".join(f"{m['fooling_ratio']:.2f} vs {m['random_fooling_ratio']:.2f} noise, {m['count']} "
+                          f"{m['images'].split(' (')[0]} photos" for m in zoo["measured_on"]) or "—"
+        rows.append(f"| shipped: {zoo['name']} | `{config['model']}` | `{config['algorithm']}` | "
+                    f"{round(config['eps'] * 255)}/255 {config['norm']} | {fitted} | "
+                    f"{zoo['heldout']['fooling_ratio']:.3f} ({zoo['heldout']['count']} images) | "
+                    f"{zoo['heldout']['random_fooling_ratio']:.3f} | {extra} | {zoo['seconds'] / 60:.0f} min |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--imagenet", default=str(SHARED / "data" / "imagenet-samples-200"),
@@ -129,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE / "uaps"), help="output folder (default: assets/uaps)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--list", action="store_true", help="list the entries and their settings")
+    parser.add_argument("--table", action="store_true",
+                        help="print a Markdown table of the entries in --out and what they measured (the README's)")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(Path(args.out)))
+        return 0
     if args.list:
         for name, fields in ENTRIES.items():
             print(f"{name}: {json.dumps(fields)}")

@@ -36,7 +36,7 @@ st.button("Stop", key="study_stop", icon=":material/stop:", on_click=studyview.s
 
 if run and not busy:
     try:
-        studyview.check_paths(values)
+        studyview.check_paths(cls, values)
         studyview.start_study(workspace, name, values)
         st.rerun()  # redraw the buttons (Stop enabled) and start polling
     except UAPError as exc:

@@ -553,3 +553,37 @@ def test_check_path_for_pages_that_take_typed_paths(visitor):
     spaces.check_path("/srv/data/cifar.npz", default="/srv/data/cifar.npz")
     with pytest.raises(ImageSourceError, match="outside the folders this server shares"):
         spaces.check_path(str(visitor["outside"]), default="/srv/data/cifar.npz")
+
+
+def test_a_visitor_runs_studies_only_on_shared_data_and_writes_no_file(visitor, tmp_path, monkeypatch):
+    """The Studies page as a visitor: an image source, a UAP path or a file: model outside the allowed folders is
+    refused with the reason, and so is writing fine-tuned weights; nothing is started or written."""
+    from streamlit.testing.v1 import AppTest
+
+    from uap_ui import nav
+
+    monkeypatch.setattr(nav, "menu", lambda: None)  # the page is AppTest's entrypoint here (see test_studies_page)
+    at = AppTest.from_file(str(ROOT / "pages" / "5_Studies.py"), default_timeout=120).run()
+    assert not at.exception
+
+    def submit_and_expect(message: str) -> None:
+        [b for b in at.button if b.label == "Run the study"][0].click().run()
+        assert not at.exception
+        assert any(message in e.value for e in at.error), [e.value for e in at.error]
+        assert not [m for m in at.markdown if "-badge[" in m.value], "no study started"
+
+    at.selectbox(key="study_pick").set_value("finetune").run()
+    at.text_input(key="study_finetune_images").set_value(str(visitor["outside"]))
+    submit_and_expect("outside the folders this server shares")
+    at.text_input(key="study_finetune_images").set_value(str(visitor["allowed"]))
+    target = tmp_path / "finetuned.pt"
+    at.text_input(key="study_finetune_save_weights").set_value(str(target))
+    submit_and_expect("only the server's owner may write files")
+    assert not target.exists()
+
+    at.selectbox(key="study_pick").set_value("dominant_labels").run()
+    at.text_input(key="study_dominant_labels_uap").set_value(str(visitor["outside"] / "someone.safetensors"))
+    submit_and_expect("outside the folders this server shares")
+    at.text_input(key="study_dominant_labels_uap").set_value("")
+    at.text_input(key="study_dominant_labels_model").set_value(f"file:{visitor['outside']}/net.pt?size=32")
+    submit_and_expect("outside the folders this server shares")

@@ -151,14 +151,35 @@ def _widget(spec: dict[str, Any], key: str) -> Any:
     return st.text_input(label, value=str(default), key=key, help=help_text)
 
 
-def check_paths(values: dict[str, Any]) -> None:
-    """On a class server a visitor may read only the folders the server shares: the image source is checked like
-    the other pages' (raises ImageSourceError with the allowed folders)."""
-    source = values.get("images")
-    if isinstance(source, str) and source.strip():
-        from . import spaces
+def check_paths(cls: type[Study], values: dict[str, Any]) -> None:
+    """On a class server a visitor may read only the folders the server shares and writes no file of the server:
+    the image source (its default, which the owner set up, is allowed), a UAP given as a path, ``file:`` models
+    are checked like the other pages' (ImageSourceError with the allowed folders), and a setting that writes a file
+    (``save_weights``) is the owner's alone (ParameterError)."""
+    from uap_core.errors import ParameterError
+    from uap_core.models import FILE_PREFIX
 
-        spaces.check_path(source.strip())
+    from . import spaces
+
+    defaults = {spec["name"]: spec["default"] for spec in describe_settings(cls.Settings)}
+    for name, value in values.items():
+        texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
+            if isinstance(value, (list, tuple)) else []
+        for text in (t.strip() for t in texts):
+            if not text:
+                continue
+            if name == "images":
+                spaces.check_path(text, default=str(defaults.get(name)))
+            elif name == "save_weights":
+                if not spaces.is_owner():
+                    raise ParameterError("only the server's owner may write files on it: leave 'save_weights' "
+                                         "empty (the study reports the fine-tuned model's figures all the same)")
+            elif name == "uap" and not text.startswith("shipped: ") and ("/" in text or "\\" in text
+                                                                          or "." in text.rsplit("/", 1)[-1]):
+                spaces.check_path(text)
+            for member in text.split(","):  # a model, or an ensemble a,b: file: members are paths
+                if member.strip().startswith(FILE_PREFIX):
+                    spaces.check_path(member.strip()[len(FILE_PREFIX):].split("?", 1)[0])
 
 
 # ---------------------------------------------------------------------------------------------- results
