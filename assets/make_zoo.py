@@ -122,12 +122,12 @@ def build(name: str, out: Path, imagenet: str, cifar: str, device: str, command:
 def markdown_table(folder: Path) -> str:
     """The shipped entries of ``folder`` as a Markdown table: model, method, budget, images, held-out fooling ratio
     against random noise, the extra measurement, build time — all read from the entries' JSON."""
-    rows = ["| entry | model | method | eps | fitted on | held-out FR | random noise | also measured on | built in |",
-            "|---|---|---|---|---|---:|---:|---|---:|"]
+    rows = ["| entry | model | method | eps | fitted on | held-out FR | random noise | dominant label | also measured on "
+            "| built in |", "|---|---|---|---|---|---:|---:|---|---|---:|"]
     entries = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda m: m["zoo"]["rank"])
     for meta in entries:
-        zoo, config, info = meta["zoo"], meta["config"], meta.get("info", {})
-        fit = info.get("fit_images", 0)
+        zoo, config, summary = meta["zoo"], meta["config"], meta["summary"]
+        fit = meta.get("fit_images", 0)
         views = f" ({config['augment']} crop/flip views of {fit // config['augment']} photos)" if config.get(
             "augment") else ""
         fitted = "nothing (data-free)" if not fit else f"{fit} images{views}"
@@ -136,7 +136,8 @@ def markdown_table(folder: Path) -> str:
         rows.append(f"| shipped: {zoo['name']} | `{config['model']}` | `{config['algorithm']}` | "
                     f"{round(config['eps'] * 255)}/255 {config['norm']} | {fitted} | "
                     f"{zoo['heldout']['fooling_ratio']:.3f} ({zoo['heldout']['count']} images) | "
-                    f"{zoo['heldout']['random_fooling_ratio']:.3f} | {extra} | {zoo['seconds'] / 60:.0f} min |")
+                    f"{zoo['heldout']['random_fooling_ratio']:.3f} | {summary['dominant_name']} "
+                    f"({summary['dominant_share']:.0%}) | {extra} | {zoo['seconds'] / 60:.0f} min |")
     return "\n".join(rows)
 
 

@@ -9,7 +9,7 @@ CIFAR="$SHARED/data/cifar10-test-2000.npz"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 declare -A ARGS=(
-  [images_needed]="--methods sga --fit-sizes 10,100 --seeds 0,1 --holdout 500 --epochs 1 --min-steps 20 --device cpu"
+  [images_needed]="--methods sga,sgd_uap --fit-sizes 10,30,100,300 --seeds 0,1 --holdout 500 --epochs 1 --min-steps 20 --device cpu"
   [batch_stability]="--batch-sizes 10,100 --sga-batch 100 --sga-minibatches 10 --budget 4000 --fit 500 --holdout 500 --device cpu"
   [transfer_ensembles]="--methods sga --fit 100 --holdout 500 --epochs 20 --device cpu"
   [dominant_labels]=""

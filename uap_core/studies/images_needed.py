@@ -245,7 +245,8 @@ class ImagesNeeded(Study):
         if randoms:
             figures.add_reference_line(fig, sum(randoms) / len(randoms), "random ±eps noise")
         figures.layout(fig, title + (" (stopped)" if result.stopped else ""), subtitle)
-        fig.update_xaxes(type="log", title="fit images (log scale)")
+        sizes = sorted({r["fit_images"] for r in runs})  # ticks at the sizes measured, not log minor digits
+        fig.update_xaxes(type="log", title="fit images (log scale)", tickvals=sizes, ticktext=[str(n) for n in sizes])
         fig.update_yaxes(title="held-out fooling ratio", range=[0, 1.02])
         return fig
 
