@@ -53,7 +53,7 @@ ENTRIES: dict[str, dict] = {
     "lite0 sga": dict(model="efficientnet_lite0", algorithm="sga", eps=10 / 255, images="{imagenet}", fit=100,
                       holdout=100, augment=4, epochs=10, eval_every=4, seed=0, params={"batch_size": 100}),
     "lite0 sgd-uap": dict(model="efficientnet_lite0", algorithm="sgd_uap", eps=10 / 255, images="{imagenet}",
-                          fit=100, holdout=100, augment=4, max_image_gradients=16_000, eval_every=8, seed=0),
+                          fit=100, holdout=100, augment=4, max_image_gradients=8_000, eval_every=4, seed=0),
     "lite0 gd-uap": dict(model="efficientnet_lite0", algorithm="gd_uap", eps=10 / 255, images="{imagenet}",
                          fit=100, holdout=100, seed=0),
     "cifar resnet20 sga": dict(model="cifar_resnet20", algorithm="sga", eps=8 / 255, images="{cifar}", fit=1000,

@@ -161,3 +161,24 @@ def test_params_validation_names_the_range():
     defaults = dataclasses.asdict(parse_params(cls.Params, {}))
     assert defaults == {"batch_size": 250, "minibatch_size": 10, "inner_passes": 4, "step_size": None,
                         "beta": 9.0, "momentum": 0.0, "loss": "ce"}
+
+
+def test_cpu_gradient_batches_are_chunked_by_pixels_with_the_same_sum(monkeypatch):
+    """On the CPU a batch is split into chunks of at most CPU_CHUNK_PIXELS pixels (bounded activation memory);
+    the gradient is the whole batch's mean all the same."""
+    from uap_core.algorithms import base
+
+    model = toy_model()
+    monkeypatch.setattr(base, "CPU_CHUNK_PIXELS", 6 * 4 * 4)  # 6 images of 4×4 per forward/backward
+    setup = setup_for(model, n=20)
+    algorithm = get_algorithm("sgd_uap")(setup, parse_params(get_algorithm("sgd_uap").Params, {"batch_size": 20}))
+    assert algorithm.chunk_size == 6
+    seen = []
+    original = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, x: seen.append(len(x)) or original(self, x))
+    delta = torch.full((3, 4, 4), 0.01)
+    gradient, _loss, _fooled = algorithm.gradient(torch.arange(20), delta)
+    assert seen == [6, 6, 6, 2]
+    x = setup.pixels.float() / 255
+    expected = reference_gradient(model, x, setup.clean_labels, delta)
+    assert torch.allclose(gradient, expected, rtol=1e-5, atol=1e-8)

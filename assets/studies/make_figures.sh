@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's study figures: each study run with the settings its docstring reports (uap_core/studies/*.py),
 # on the CI data in ../shared (or UAP_SHARED_DIR); only the PNG (and the CSV of its numbers) is kept here.
-#   bash assets/studies/make_figures.sh [study …]      # default: all six; ~35 min on 2 CPU cores
+#   bash assets/studies/make_figures.sh [study …]      # default: all six; ~40 min on 2 CPU cores
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SHARED="${UAP_SHARED_DIR:-$(cd .. && pwd)/shared}"
@@ -13,8 +13,8 @@ declare -A ARGS=(
   [batch_stability]="--batch-sizes 10,100 --sga-batch 100 --sga-minibatches 10 --budget 4000 --fit 500 --holdout 500 --device cpu"
   [transfer_ensembles]="--methods sga --fit 100 --holdout 500 --epochs 20 --device cpu"
   [dominant_labels]=""
-  [geometry]=""
-  [finetune]=""
+  [geometry]="--normals 500 --holdout 500"
+  [finetune]="--train 500 --fit 300 --holdout 500 --pool 5 --pool-fit 300"
 )
 for study in "${@:-images_needed batch_stability transfer_ensembles dominant_labels geometry finetune}"; do
   for name in $study; do
