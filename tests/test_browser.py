@@ -217,8 +217,9 @@ def test_page_opens(browser, server, path, heading):
             page.locator("button", has_text="Compute the table").click()
             expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1, timeout=90_000)
         if path == "Library":  # the shipped zoo comes first, read-only; the saved UAP follows it
-            expect(page.get_by_text(re.compile(r"shipped: lite0 sga\*\* is read-only"))).to_be_visible(
-                timeout=30_000)
+            caption = page.locator("[data-testid='stCaptionContainer']").filter(has_text="is read-only (shipped)")
+            expect(caption).to_be_visible(timeout=30_000)
+            expect(caption.locator("strong")).to_have_text("shipped: lite0 sga")
             expect(page.locator("[data-testid='stImage']")).to_have_count(1, timeout=30_000)  # its preview
             expect(page.get_by_role("button", name="Delete")).to_have_count(0)
         wait_loaded(page)
