@@ -31,7 +31,7 @@ class MetricSpec:
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("fooling_ratio", "Held-out fooling ratio", "eval", "fooling ratio", (0.0, 1.02)),
     MetricSpec("batch_fooling_ratio", "Batch fooling ratio (fit images)", "step", "fooling ratio", (0.0, 1.02)),
-    MetricSpec("grad_cosine", "Gradient-cosine stability cos(gₜ, gₜ₋₁)", "step", "cosine", None),
+    MetricSpec("grad_cosine", "Gradient-cosine stability cos(gₜ, gₜ₋₁)", "step", "cosine", (-1.05, 1.05)),
     MetricSpec("quantisation_error", "Quantisation error 1 − cos(g, sign g)", "step", "error", None),
     MetricSpec("loss", "Loss", "step", "loss", None),
     MetricSpec("sign_ops", "Sign operations applied to δ", "step", "count", None),
