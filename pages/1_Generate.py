@@ -120,7 +120,7 @@ with st.container(border=True):
             "image-gradients, and draws them on one set of charts against image-gradients spent: which method "
             "gets further for the same cost. With the preset (about two minutes on a laptop) SGA against SGD-UAP "
             "shows the trade SGA makes: for the same cost it takes half as many sign steps, each from 4 aggregated "
-            "gradients, so on 13 photos SGD-UAP's more numerous steps carry δ further (measured: 56 % against 33 % "
+            "gradients, so on 13 photos SGD-UAP's more numerous steps carry δ further (measured: 56 % against 44 % "
             "of held-out crops, random noise 13 %). It cannot rank the methods as the papers do: SGA's stable "
             "directions pay off with 250-image batches and 10,000 images, and 12 held-out photos (48 crops) "
             "resolve differences of a few points only.")

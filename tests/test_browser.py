@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ui_helpers, whatever pytest's import mode
-from ui_helpers import ROOT, save_test_uap  # noqa: E402
+from ui_helpers import ROOT, save_test_uap, streamlit_server  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))  # Debian's chromium
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -50,51 +47,15 @@ def browser():
         chromium.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A Streamlit server on a free port with a temporary library holding one UAP; stopped by its process id."""
     work = tmp_path_factory.mktemp("browser")
     library = work / "library"
     save_test_uap(library, "browser-uap")
-    port = _free_port()
-    env = {**os.environ, "UAP_LIBRARY_DIR": str(library), "OMP_WAIT_POLICY": "PASSIVE",
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-           "UAP_SHARED_KEEP_SECONDS": "0"}  # each test's demo runs live, not the finished run of an earlier test
-    log_path = work / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start; its log:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    # each test's demo runs live, not the finished run of an earlier test
+    with streamlit_server(work, {"UAP_LIBRARY_DIR": str(library), "UAP_SHARED_KEEP_SECONDS": "0"}) as (url, _):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        print(f"server log: {log_path}")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,17 +19,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ui_helpers, whatever pytest's import mode
-from ui_helpers import PAGES, ROOT, save_test_uap  # noqa: E402
+from ui_helpers import PAGES, ROOT, save_test_uap, streamlit_server  # noqa: E402
 
 SESSIONS = 20
 CLICK_SPREAD_SECONDS = 2.0  # all 20 press "Run the demo" within this
@@ -40,12 +37,6 @@ RSS_LIMIT_MB = 2500
 OWNER_PASSWORD = "correct horse battery staple"
 CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mb(pid: int) -> float:
@@ -71,40 +62,11 @@ def class_server(tmp_path_factory):
     save_test_uap(library, "owner-uap")
     allowed = work / "shared-images"
     allowed.mkdir()
-    port = _free_port()
-    env = {**os.environ, "UAP_LIBRARY_DIR": str(library), "UAP_SHIPPED_DIR": str(work / "no-zoo"),
-           "UAP_CLASSROOM": "1", "UAP_ALLOWED_FOLDERS": str(allowed), "UAP_OWNER_PASSWORD": OWNER_PASSWORD,
-           "OMP_WAIT_POLICY": "PASSIVE", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    log_path = work / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start; its log:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield {"url": url, "pid": process.pid, "library": library, "allowed": allowed, "work": work,
-               "log": log_path}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        print(f"server log: {log_path}")
+    env = {"UAP_LIBRARY_DIR": str(library), "UAP_SHIPPED_DIR": str(work / "no-zoo"), "UAP_CLASSROOM": "1",
+           "UAP_ALLOWED_FOLDERS": str(allowed), "UAP_OWNER_PASSWORD": OWNER_PASSWORD}
+    with streamlit_server(work, env) as (url, pid):
+        yield {"url": url, "pid": pid, "library": library, "allowed": allowed, "work": work,
+               "log": work / "server.log"}
 
 
 # ---------------------------------------------------------------------------------------------- a session

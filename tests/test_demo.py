@@ -41,8 +41,8 @@ def test_demo_fools_held_out_photos_and_real_imagenet_far_beyond_random_noise(li
 @pytest.mark.slow
 def test_race_preset_shows_sga_and_sgd_uap_apart_at_equal_cost(lite0):
     """The classroom race (uap_core.presets.race_config) of SGA against SGD-UAP, 600 image-gradients each on the
-    embedded photos. Measured on 2 cores: SGD-UAP 0.56 and SGA 0.33 held-out fooling ratio (48 held-out crops)
-    against 0.125 for random noise; SGD-UAP makes 63 sign steps, SGA 32 (each of SGA's steps aggregates 4 inner
+    embedded photos. Measured (`python -m pytest tests/test_demo.py -k race -s`): SGD-UAP 0.56 and SGA 0.44
+    held-out fooling ratio (48 held-out crops) against 0.125 for random noise; SGD-UAP makes 63 sign steps, SGA 32 (each of SGA's steps aggregates 4 inner
     gradients of 5 crops). The adjacent-step gradient cosine is near zero for both at this scale (SGA 0.002,
     SGD-UAP −0.005 on average): the stability the SGA paper shows needs its batches of 250 images, so it is not
     asserted here. Held to: both spend the same budget, both clearly beat random noise, and the two end at least
@@ -51,6 +51,8 @@ def test_race_preset_shows_sga_and_sgd_uap_apart_at_equal_cost(lite0):
     for algorithm in ("sga", "sgd_uap"):
         config = race_config(algorithm, "cpu")
         assert config.max_image_gradients == RACE_BUDGET and config.augment == 8 and config.holdout_views == 4
+        # the claim is on the last δ (keep="last"): the charts' ~20 intermediate evaluations are skipped here
+        config = dataclasses.replace(config, eval_every=10_000)
         results[algorithm] = Run(config, model=lite0).run_to_end()
     for algorithm, result in results.items():
         spent = result.info["image_gradients"]

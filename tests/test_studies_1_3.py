@@ -98,13 +98,16 @@ def test_too_few_images_is_a_clear_error_before_any_run(cifar_npz):
 @pytest.mark.slow
 def test_images_needed_fooling_ratio_grows_with_the_fit_set(cifar_npz):
     """The claim: more fit images → a UAP that fools more held-out images. SGA on CIFAR-10 ResNet-20, 10 and 100
-    fit images, two seeds, every run 20 updates (min_steps). Measured with 500 held out: 0.26 (10 images,
-    0.22/0.30) → 0.72 (100 images, 0.716/0.718), random noise 0.33."""
+    fit images, two seeds, every run 10 updates (min_steps). Measured (400 held out, `python -m pytest
+    tests/test_studies_1_3.py -k grows -s`): 0.22 / 0.23 (10 images, seeds 0 / 1) → 0.62 / 0.54 (100 images),
+    random noise 0.34 / 0.31."""
     result = run("images_needed", {"images": str(cifar_npz), "methods": "sga", "fit_sizes": "10,100",
-                                   "seeds": "0,1", "holdout": 400, "epochs": 1, "min_steps": 20})
+                                   "seeds": "0,1", "holdout": 400, "epochs": 1, "min_steps": 10})
     rows = result.tables["runs"]
+    print([(r["fit_images"], r["seed"], round(r["fooling_ratio"], 3), round(r["random_fooling_ratio"], 3))
+           for r in rows])
     assert len(rows) == 4 and {r["heldout_images"] for r in rows} == {400}
-    assert all(r["steps"] == 20 for r in rows), "min_steps: the same number of updates at every size"
+    assert all(r["steps"] == 10 for r in rows), "min_steps: the same number of updates at every size"
     by = {(r["fit_images"], r["seed"]): r["fooling_ratio"] for r in rows}
     for seed in (0, 1):
         assert by[(100, seed)] > by[(10, seed)] + 0.1, by

@@ -199,8 +199,8 @@ def test_finetune_claim_and_no_weights_unless_asked(cifar_npz, tmp_path, monkeyp
 @pytest.mark.slow
 def test_finetune_writes_weights_only_where_asked(cifar_npz, tmp_path):
     target = tmp_path / "weights" / "finetuned.pt"
-    settings = {**FINETUNE, "images": str(cifar_npz), "pool": 1, "epochs": 1, "uap_epochs": 1,
-                "save_weights": str(target)}
+    settings = {**FINETUNE, "images": str(cifar_npz), "train": 200, "fit": 100, "holdout": 100, "pool": 1,
+                "pool_fit": 100, "epochs": 1, "uap_epochs": 1, "save_weights": str(target)}
     _, result = _run("finetune", settings)
     assert result.summary["weights_written"] == str(target.resolve()) and target.is_file()
     assert [p.name for p in target.parent.iterdir()] == ["finetuned.pt"]  # no temporary file left behind

@@ -230,8 +230,10 @@ def test_generate_ensemble_of_two_cifar_models(library_dir, cifar_npz):
     ensemble = at.multiselect(key="gen_ensemble_cifar_resnet20")
     assert ensemble.options == ["cifar_resnet56"]  # not the ImageNet models
     ensemble.set_value(["cifar_resnet56"]).run()
-    at.number_input(key="gen_fit").set_value(100)
+    at.number_input(key="gen_fit").set_value(1800)  # 200 held out
     at.number_input(key="gen_budget").set_value(200)
+    at.number_input(key="gen_eval_every").set_value(1000)
+    at.selectbox(key="gen_keep").set_value("last")  # no fit-set evaluations
     at.run()
     at.button(key="gen_start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]

@@ -162,7 +162,7 @@ MODEL_HELP = ("a name from list-models; several joined by commas (an ensemble); 
 
 
 def _dynamic_forms() -> tuple[str, ...]:
-    from .models import DYNAMIC_FORMS
+    from .user_models import DYNAMIC_FORMS
 
     return DYNAMIC_FORMS
 

@@ -39,7 +39,7 @@ def race_config(algorithm: str, device: str = "auto", seed: int = 0) -> RunConfi
     budget of RACE_BUDGET image-gradients (forward + backward passes over one image), so a method with dearer
     steps makes fewer of them: the charts compare methods on the image-gradient axis. SGA and SGD-UAP take the
     demo's small batches and step (B 10; SGA m 5, K 2; step 2/255); other methods take their paper defaults
-    with batches of at most 10 images. Measured on 2 cores (tests/test_demo.py): SGD-UAP 0.56 and SGA 0.33 of
+    with batches of at most 10 images. Measured on 2 cores (tests/test_demo.py): SGD-UAP 0.56 and SGA 0.44 of
     the 48 held-out crops fooled, random noise 0.125: at this budget SGD-UAP's 63 sign steps carry δ further than
     SGA's 32 aggregated ones.
     """

@@ -33,6 +33,8 @@ from typing import Any, Callable, ClassVar, Iterator, get_args, get_origin, get_
 from ..errors import ParameterError
 from ..params import check_range, parse_number
 
+PROGRESS_SECONDS = 0.5  # at most this long between progress reports while a study fits a UAP
+
 
 def setting(default: Any, help: str, minimum: float | None = None, maximum: float | None = None,
             choices: tuple | None = None, label: str | None = None) -> Any:
@@ -197,6 +199,27 @@ class Study:
             yield from run.events()
         finally:
             self._active_run = None
+
+    def fit(self, run: Any, start: float, end: float, label: str,
+            on_event: Callable[[Any], None] | None = None) -> Iterator[tuple[float, str]]:
+        """Fit a UAP through ``run`` (a :class:`uap_core.run.Run`, driven by :meth:`drive`, so Stop ends it after
+        its current step), calling ``on_event`` with every RunEvent (start/step/eval/…) and yielding
+        ``(fraction, message)`` from ``start`` to ``end`` (fractions of the whole study), at most once every
+        :data:`PROGRESS_SECONDS` (a page that redraws per step would spend the run's time drawing). ``run.result``
+        is set at the end (also when stopped)."""
+        planned, last_report = 1, 0.0
+        for event in self.drive(run):
+            if on_event is not None:
+                on_event(event)
+            if event.kind == "start":
+                planned = max(1, int(event.data["total_steps"]))
+            elif event.kind == "step":
+                now = time.perf_counter()
+                if now - last_report >= PROGRESS_SECONDS:
+                    last_report = now
+                    # capped: start + (end - start) may exceed end by a float ulp, and progress never goes back
+                    fraction = min(end, start + (end - start) * min(1.0, event.step / planned))
+                    yield fraction, f"{label}: step {event.step}/{planned}"
 
     @property
     def stopping(self) -> bool:

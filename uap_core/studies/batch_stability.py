@@ -64,7 +64,6 @@ from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split, setting
 
 SPLIT_SEED = 12345  # the fit / held-out split: the same for every configuration and seed
 MAX_STEP_ROWS = 1000  # per run in the "steps" table (every k-th step beyond that; the run's means use them all)
-PROGRESS_SECONDS = 0.5
 
 
 @dataclass
@@ -146,18 +145,19 @@ class BatchStability(Study):
                                max_image_gradients=s.budget, keep="last")
             run = Run(config, model=model, images=split)
             steps: list[dict[str, Any]] = []
-            stride, last_report, started = 1, 0.0, time.perf_counter()
+            started, start_data = time.perf_counter(), {}
             cosines, inner_cosines, errors = [], [], []
-            for event in self.drive(run):
+
+            def record(event: Any) -> None:
                 data = event.data
                 if event.kind == "start":
-                    stride = max(1, math.ceil(data["total_steps"] / MAX_STEP_ROWS))
-                    random_ratio = data["random_fooling_ratio"]
+                    start_data.update(data)
                 elif event.kind == "step":
                     for values, key in ((cosines, "grad_cosine"), (inner_cosines, "inner_adjacent_cosine"),
                                         (errors, "quantisation_error")):
                         if figures.finite(data.get(key)) is not None:
                             values.append(float(data[key]))
+                    stride = max(1, math.ceil(start_data["total_steps"] / MAX_STEP_ROWS))
                     if event.step % stride == 0 or event.step == 1:
                         self.tables["steps"].append({
                             "run": label, "method": method, "seed": seed, "step": event.step,
@@ -168,16 +168,13 @@ class BatchStability(Study):
                             "inner_adjacent_cosine": figures.finite(data.get("inner_adjacent_cosine")),
                             "loss": figures.finite(data.get("loss"))})
                     steps.append(data)
-                    now = time.perf_counter()
-                    if now - last_report >= PROGRESS_SECONDS:
-                        last_report = now
-                        yield ((index + min(1.0, data["image_gradients_total"] / s.budget)) / len(plan),
-                               f"{label} · seed {seed}: {data['image_gradients_total']:,} / {s.budget:,} "
-                               f"image-gradients")
                 elif event.kind == "eval":
                     self.tables["evals"].append({"run": label, "method": method, "seed": seed, "step": event.step,
                                                  "image_gradients": data["image_gradients_total"],
                                                  "fooling_ratio": data["fooling_ratio"]})
+
+            yield from self.fit(run, index / len(plan), (index + 1) / len(plan), f"{label} · seed {seed}",
+                                on_event=record)
             result = run.result
             if result is None or result.reason == "stopped":
                 return
@@ -191,7 +188,8 @@ class BatchStability(Study):
                 "sign_ops": last.get("sign_ops", 0), "inner_sign_steps": inner_sign_steps,
                 "mean_quantisation_error": statistics.fmean(errors) if errors else None,
                 "mean_inner_adjacent_cosine": statistics.fmean(inner_cosines) if inner_cosines else None,
-                "fooling_ratio": result.evaluation.fooling_ratio, "random_fooling_ratio": random_ratio,
+                "fooling_ratio": result.evaluation.fooling_ratio,
+                "random_fooling_ratio": start_data["random_fooling_ratio"],
                 "seconds": round(time.perf_counter() - started, 3)})
             yield (index + 1) / len(plan), (f"{label} · seed {seed}: held-out fooling ratio "
                                             f"{result.evaluation.fooling_ratio:.3f}")

@@ -108,17 +108,13 @@ def method_params(method: str, batch_size: int) -> dict[str, Any]:
 
 def fit_uap(study: Study, config: RunConfig, model: Classifier, images: ImageSet, start: float, span: float,
             label: str) -> Iterator[tuple[float, str]]:
-    """Fit a UAP through :class:`Run` (``config`` on ``images``, the given ``model``), driven by
-    :meth:`Study.drive` (a stop of the study stops the run after its current step), yielding study progress from
-    ``start`` to ``start + span``. The run is left in ``study._last_run`` (its ``result`` set at the end)."""
+    """Fit a UAP through :class:`Run` (``config`` on ``images``, the given ``model``) with :meth:`Study.fit`,
+    yielding study progress from ``start`` to ``start + span``. The run is left in ``study._last_run`` (its
+    ``result`` set at the end)."""
     run = Run(config, model=model, images=images)
     study._last_run = run
-    total = 1
-    for event in study.drive(run):
-        if event.kind == "start":
-            total = max(1, int(event.data["total_steps"]))
-        elif event.kind == "step":
-            yield round(start + span * min(1.0, event.step / total), 9), f"{label}: step {event.step}/{total}"
+    for fraction, message in study.fit(run, start, start + span, label):
+        yield round(fraction, 9), message  # as the callers round their own fractions (finetune.py)
 
 
 def random_like(delta: torch.Tensor, norm: str, generator: torch.Generator) -> torch.Tensor:

@@ -63,7 +63,6 @@ from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split, setting
 from . import figures
 
 HOLDOUT_SEED = 12345  # the held-out draw: one fixed permutation, the same for every seed, size and method
-PROGRESS_SECONDS = 0.5  # at most this long between progress reports during a run (Stop is checked at each)
 
 
 @dataclass
@@ -170,14 +169,8 @@ class ImagesNeeded(Study):
                                eval_every=100_000_000)
             run = Run(config, model=model, images=fixed_split(images.subset(fit_order[:n]), holdout_set))
             label = f"{method} · {n} images · seed {seed}"
-            started, last_report, planned = time.perf_counter(), 0.0, 1
-            for event in self.drive(run):
-                if event.kind == "start":
-                    planned = max(1, event.data["total_steps"])
-                now = time.perf_counter()
-                if event.kind == "step" and now - last_report >= PROGRESS_SECONDS:
-                    last_report = now
-                    yield (done + weight * event.step / planned) / total, f"{label}: step {event.step}/{planned}"
+            started = time.perf_counter()
+            yield from self.fit(run, done / total, (done + weight) / total, label)
             result = run.result
             if result is None or result.reason == "stopped":
                 return

@@ -73,7 +73,6 @@ from . import figures
 from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split, setting
 
 SPLIT_SEED = 12345
-PROGRESS_SECONDS = 0.5
 RANDOM_ROW = "random ±eps noise"
 
 
@@ -207,14 +206,8 @@ class TransferEnsembles(Study):
             run = Run(config, model=surrogate_model,
                       images=fixed_split(images.subset(fit_idx), images.subset(holdout_idx)))
             label = f"{method} · {surrogate} · seed {seed}"
-            started, last_report, planned = time.perf_counter(), 0.0, 1
-            for event in self.drive(run):
-                if event.kind == "start":
-                    planned = max(1, event.data["total_steps"])
-                now = time.perf_counter()
-                if event.kind == "step" and now - last_report >= PROGRESS_SECONDS:
-                    last_report = now
-                    yield (index + 0.95 * event.step / planned) / len(plan), f"{label}: step {event.step}/{planned}"
+            started = time.perf_counter()
+            yield from self.fit(run, index / len(plan), (index + 0.95) / len(plan), label)
             result = run.result
             if result is None or result.reason == "stopped":
                 return
