@@ -18,9 +18,11 @@ from uap_ui.session import setup_page
 setup_page("Library")
 st.title("Library")
 library = spaces.library()  # a visitor of a class server: their own space + read-only sources
-st.caption(f"Saved perturbations in `{library.root}` (set `UAP_LIBRARY_DIR` to use another folder). Entries "
-           "named *shipped: …* come with UAP Explorer (`assets/uaps`, built by `python assets/make_zoo.py`): "
-           "ready to inspect and transfer, read-only.")
+# a visitor of a class server is not shown where on the server their space lies
+where = ("your own space on this server" if spaces.space_name()
+         else f"`{library.root}` (set `UAP_LIBRARY_DIR` to use another folder)")
+st.caption(f"Saved perturbations in {where}. Entries named *shipped: …* come with UAP Explorer (`assets/uaps`, "
+           "built by `python assets/make_zoo.py`): ready to inspect and transfer, read-only.")
 if spaces.space_name():
     st.caption(":material/school: On this class server what you save or import stays in your own space; entries "
                "named *owner: …* belong to the server's owner (read-only; renaming or deleting them takes the "

@@ -315,6 +315,9 @@ def test_a_visitor_cannot_delete_the_owners_entry_in_a_real_browser(class_server
             page.goto(f"{class_server['url']}/Library")
             expect(page.locator("code", has_text="owner: owner-uap").first).to_be_visible(timeout=60_000)
             expect(page.get_by_text("your own space", exact=False).first).to_be_visible()
+            expect(page.get_by_text("Saved perturbations in your own space on this server").first).to_be_visible()
+            # where the visitor's space (or the owner's library) lies on the server is not shown
+            assert str(class_server["library"]) not in page.locator("[data-testid='stMain']").inner_text()
             page.get_by_text("Yes, delete owner: owner-uap").click()
             page.get_by_label("Owner's password").nth(1).fill("guess")
             page.get_by_role("button", name="Delete").click()
