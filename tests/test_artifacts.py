@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from uap_core.jsonable import jsonable as plain_json
 from uap_core import artifacts
 from uap_core.artifacts import (
     FORMAT_VERSION,
@@ -55,7 +56,7 @@ METADATA = {
 
 def jsonable(obj: dict) -> dict:
     """What a metadata dict looks like after a JSON round trip."""
-    return json.loads(json.dumps(obj, default=artifacts._json_default))
+    return json.loads(json.dumps(plain_json(obj)))
 
 
 def files_in(folder: Path) -> dict[str, bytes]:

@@ -152,7 +152,7 @@ def test_stream_choices(cifar_folder, cifar_npz, resnet20):
 
 
 def test_cli_evaluate_streams_with_the_same_counts(cifar_folder, tmp_path, resnet20):
-    from uap_core.__main__ import _finite
+    from uap_core.jsonable import jsonable
     from uap_core.artifacts import load_uap, save_uap
 
     path = save_uap(_delta(3), {"model": "cifar_resnet20", "norm": "linf"}, tmp_path / "d.safetensors")
@@ -163,7 +163,7 @@ def test_cli_evaluate_streams_with_the_same_counts(cifar_folder, tmp_path, resne
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     in_memory = evaluate_uap(load_uap(path), resnet20, load_images(str(cifar_folder), 32, 32, list(CIFAR10_CLASSES)))
-    expected = json.loads(json.dumps(_finite(in_memory.as_dict())))
+    expected = json.loads(json.dumps(jsonable(in_memory.as_dict())))
     assert {k: found[k] for k in expected} == expected and found["count"] == 160
 
 

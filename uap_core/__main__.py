@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 from . import distributed
 from .algorithms import ALGORITHMS
-from .errors import UAPError
+from .errors import UAPError, first_line
+from .jsonable import jsonable
 from .params import describe
 
 EXIT_ERROR = 2
@@ -242,7 +243,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     path = save_uap(result.delta, result.metadata(), out / f"{name}.safetensors")
     summary = {**result.summary(), "artifact": str(path), **scale}
     if args.json:
-        print(json.dumps(_finite(summary)))
+        print(json.dumps(jsonable(summary)))
     else:
         print(f"held-out fooling ratio {summary['fooling_ratio']:.3f} (random noise {summary['random_fooling_ratio']:.3f}); "
               f"dominant label {summary['dominant_name']!r} takes {summary['dominant_share']:.0%}; "
@@ -272,7 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     summary = {"uap": args.uap, "model": args.model, "images": images.source, **result.as_dict(), **scale}
     if args.json:
-        print(json.dumps(_finite(summary)))
+        print(json.dumps(jsonable(summary)))
     else:
         e = result.evaluation
         print(f"{args.uap} on {args.model}, {e.count} images ({images.source}):\n"
@@ -303,7 +304,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     if not distributed.is_main():
         return 0 if not matrix.errors or len(matrix.errors) < len(args.models) else EXIT_ERROR
     if args.json:
-        print(json.dumps(_finite({**matrix.as_dict(), **scale})))
+        print(json.dumps(jsonable({**matrix.as_dict(), **scale})))
     else:
         print(f"fooling ratio, {matrix.image_count} images (rows: UAPs, columns: models)")
         print(matrix.table())
@@ -410,7 +411,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if result.stopped:
         print("stopped: the outputs hold what was finished", file=sys.stderr)
     if args.json:
-        print(json.dumps(_finite({"study": result.study, "stopped": result.stopped, "summary": result.summary,
+        print(json.dumps(jsonable({"study": result.study, "stopped": result.stopped, "summary": result.summary,
                                   "files": [str(p) for p in paths]})))
     else:
         for path in paths:
@@ -436,16 +437,6 @@ def _finish_ranks(seconds: float) -> dict[str, Any]:
 
 DISTRIBUTED_COMMANDS = ("generate", "evaluate", "transfer")
 
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: map non-finite floats to None."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 COMMANDS = {"list-models": cmd_list_models, "generate": cmd_generate, "evaluate": cmd_evaluate,
@@ -476,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_rank_prefix()}{exc}", file=sys.stderr)
         return EXIT_ERROR
     except torch_oom() as exc:
-        print(f"error: out of GPU memory ({str(exc).splitlines()[0]}); try a smaller --batch-size or --device cpu",
+        print(f"error: out of GPU memory ({first_line(exc)}); try a smaller --batch-size or --device cpu",
               file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

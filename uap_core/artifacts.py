@@ -50,6 +50,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from . import published
 from .errors import ArtifactError, ParameterError
+from .jsonable import jsonable
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "uap-explorer"
@@ -219,22 +220,6 @@ def resample_delta(delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _json_default(obj: Any) -> Any:
-    """Convert the usual non-JSON types (numpy/torch scalars and arrays, paths, sets, dataclasses)."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist()
-    if isinstance(obj, PurePath):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
-
 
 def _library_versions() -> dict[str, str | None]:
     from importlib import metadata as importlib_metadata
@@ -271,7 +256,7 @@ def _full_metadata(delta: torch.Tensor, metadata: dict) -> dict:
 def _metadata_json(full: dict) -> str:
     """Serialise metadata (NaN/Inf in metric histories are written as Python's JSON does: NaN, Infinity)."""
     try:
-        return json.dumps(full, indent=2, ensure_ascii=False, default=_json_default)
+        return json.dumps(jsonable(full, strict=True), indent=2, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         raise ArtifactError(f"metadata is not JSON-serialisable: {e}") from e
 

@@ -38,7 +38,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from .errors import UAPError
+from .errors import UAPError, first_line
 
 TIMEOUT_ENV = "UAP_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
@@ -156,7 +156,7 @@ def init_from_env(device: torch.device | str) -> bool:
         dist.init_process_group(name, timeout=datetime.timedelta(seconds=timeout_seconds()))
     except Exception as exc:  # noqa: BLE001 - rendezvous failures come as many types
         raise DistributedError(f"rank {os.environ.get('RANK')} could not join the process group ({name}): "
-                               f"{_first_line(exc)}") from None
+                               f"{first_line(exc)}") from None
     _backend["name"] = name
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -276,11 +276,6 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if _backend["name"] == "nccl" else torch.device("cpu")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def _collective(what: str, call, buffer: torch.Tensor) -> None:
     """Run one collective on ``buffer``, timed; any failure becomes a one-line DistributedError."""
     sync = _timing["sync_cuda"] and buffer.is_cuda
@@ -295,7 +290,7 @@ def _collective(what: str, call, buffer: torch.Tensor) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - gloo/NCCL raise RuntimeError, DistBackendError, …
         raise DistributedError(f"rank {rank()} of {world_size()}: {what} failed — another rank stopped or did not "
-                               f"arrive within {timeout_seconds():g} s ({_first_line(exc)}); the run is abandoned "
+                               f"arrive within {timeout_seconds():g} s ({first_line(exc)}); the run is abandoned "
                                "and nothing is written") from None
     seconds = time.perf_counter() - started
     _stats.seconds += seconds

@@ -26,3 +26,10 @@ class ImageSourceError(UAPError):
 
 class ArtifactError(UAPError):
     """A saved perturbation or its metadata is missing, malformed, unsafe or of the wrong shape."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), at most ``limit``
+    characters: what a one-line error message quotes of an underlying library error."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -27,7 +27,7 @@ import torch.utils.data
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 
-from .errors import ImageSourceError, ParameterError
+from .errors import ImageSourceError, ParameterError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MAX_PIXELS = 64_000_000  # decompression-bomb guard: refuse images above 64 megapixels
@@ -138,10 +138,6 @@ def _check_sizes(size: int, resize: int, limit: int | None = None) -> None:
         raise ParameterError(f"image limit must be a positive integer or None, got {limit!r}")
 
 
-def _why(e: Exception) -> str:
-    """First line of an exception's message (or its type name)."""
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
 
 def _bomb_size(err: Exception) -> str:
     """'W×H' of the image PIL refused as a decompression bomb (found in the traceback), else the pixel count."""
@@ -187,7 +183,7 @@ def _decode(data: bytes, size: int, resize: int) -> torch.Tensor:
     except Image.UnidentifiedImageError:
         raise _Undecodable("not a recognised image format (cannot be decoded)") from None
     except Exception as e:
-        raise _Undecodable(f"cannot be decoded: {_why(e)}") from None
+        raise _Undecodable(f"cannot be decoded: {first_line(e)}") from None
     try:
         w, h = img.size
         if w * h > MAX_PIXELS:
@@ -211,7 +207,7 @@ def _decode(data: bytes, size: int, resize: int) -> torch.Tensor:
     except _Undecodable:
         raise
     except Exception as e:
-        raise _Undecodable(f"cannot be decoded: {_why(e)}") from None
+        raise _Undecodable(f"cannot be decoded: {first_line(e)}") from None
     t = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)  # copy: PIL arrays are read-only
     t = TF.resize(t, [resize], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     return TF.center_crop(t, [size, size]).contiguous()

@@ -41,7 +41,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import ModelUnavailableError, ParameterError
+from .errors import ModelUnavailableError, ParameterError, first_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -356,7 +356,7 @@ def _build_cifar(spec: ModelSpec, weights: Path | None, pretrained: bool) -> nn.
         try:
             network.load_state_dict(_load_state_dict(path), strict=True)
         except RuntimeError as exc:
-            raise ModelUnavailableError(f"{path} does not fit {spec.name}: {str(exc).splitlines()[0]}") from None
+            raise ModelUnavailableError(f"{path} does not fit {spec.name}: {first_line(exc)}") from None
     return network
 
 
@@ -402,7 +402,7 @@ def load_model(name: str, device: str | torch.device = "cpu", weights: str | os.
         network = builders[spec.family]()
     except RuntimeError as exc:
         if "size mismatch" in str(exc) or "Missing key" in str(exc) or "Unexpected key" in str(exc):
-            raise ModelUnavailableError(f"the weights do not fit {name}: {str(exc).splitlines()[0]}") from None
+            raise ModelUnavailableError(f"the weights do not fit {name}: {first_line(exc)}") from None
         raise
     return Classifier(network, spec).to(resolve_device(device))
 

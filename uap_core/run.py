@@ -25,6 +25,7 @@ import torch
 from . import distributed, memo, metrics
 from .algorithms import AttackSetup, UAPAlgorithm, get_algorithm
 from .errors import ParameterError
+from .jsonable import jsonable
 from .ensemble import members_of
 from .evaluation import Evaluation, evaluate, predict_labels, predict_logits, predict_top1
 from .images import STREAM_CHOICES, ImageSet, ImageStream, load_images, open_stream, should_stream
@@ -203,26 +204,15 @@ class RunResult:
     def metadata(self) -> dict[str, Any]:
         """Everything needed to reproduce and judge the run (saved beside δ)."""
         return {
-            "kind": "uap", "config": _jsonable(dataclasses.asdict(self.config)), **_jsonable(self.info),
+            "kind": "uap", "config": jsonable(dataclasses.asdict(self.config)), **jsonable(self.info),
             "summary": self.summary(), "evaluation": self.evaluation.as_dict(),
             "random_evaluation": {"fooling_ratio": self.random_evaluation.fooling_ratio},
-            "history": _jsonable(self.history),
+            "history": jsonable(self.history),
             "model": self.config.model, "algorithm": self.config.algorithm, "eps": self.config.eps,
             "norm": self.config.norm, "seed": self.config.seed, "target": self.config.target,
             "input_size": list(self.delta.shape[1:]),
         }
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def choose_precision(requested: str, device: torch.device) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelUnavailableError, ParameterError
+from .errors import ModelUnavailableError, ParameterError, first_line
 from .models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, ModelStatus, _load_state_dict
 
 TIMM_PREFIX = "timm:"
@@ -324,7 +324,7 @@ def build_timm(spec: ModelSpec, weights: Path | None, pretrained: bool, download
             return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise ModelUnavailableError(f"the weights {source} do not fit {spec.name}: "
-                                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                        f"{first_line(exc)}") from None
     hint = (f"pass a local weights file (--weights FILE / weights=FILE: a state dict or .safetensors), or load "
             f"{spec.name} once on a machine with a network so timm caches it")
     if not spec.weights_file:
@@ -340,7 +340,7 @@ def build_timm(spec: ModelSpec, weights: Path | None, pretrained: bool, download
         return timm.create_model(arch, pretrained=True, **kwargs)
     except Exception as exc:  # network errors, hub errors, ...
         raise ModelUnavailableError(f"could not download the weights of {spec.name} ({type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else ''}); {hint}") from None
+                                    f"{first_line(exc)}); {hint}") from None
 
 
 # ------------------------------------------------------------------------- file: TorchScript / torch.export
@@ -417,7 +417,7 @@ def _audit_export(path: Path, names: list[str]) -> None:
                                             f"need unpickling can run arbitrary code") from None
             except Exception as exc:
                 raise ModelUnavailableError(f"refused to load {path}: {member} is not a plain tensor file "
-                                            f"({str(exc).splitlines()[0]})") from None
+                                            f"({first_line(exc)})") from None
 
         for member in rel:
             if member.startswith(("data/aotinductor/", "data/executorch/", "data/mtia")):
@@ -467,13 +467,13 @@ def _load_file_network(path: Path) -> tuple[nn.Module, str, int | None]:
             return torch.jit.load(str(path), map_location="cpu"), "TorchScript", None
         except Exception as exc:
             raise ModelUnavailableError(f"cannot load the TorchScript file {path}: "
-                                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                        f"{first_line(exc)}") from None
     _audit_export(path, names)
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
         raise ModelUnavailableError(f"cannot load the torch.export file {path}: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                    f"{first_line(exc)}") from None
     batch, side = _static_input(program)
     return _ExportedNetwork(program.module(), batch), "torch.export", side
 
@@ -485,7 +485,7 @@ def _logits_width(network: nn.Module, size: int, source: str) -> int:
             out = network(torch.zeros(2, 3, size, size))
     except Exception as exc:
         raise ModelUnavailableError(f"{source} fails on a 2×3×{size}×{size} input "
-                                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                    f"({type(exc).__name__}: {first_line(exc)}); "
                                     f"check size=") from None
     if not isinstance(out, torch.Tensor):
         raise ModelUnavailableError(f"{source} returns a {type(out).__name__}, not an (N, classes) tensor of logits")

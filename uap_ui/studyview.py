@@ -21,7 +21,8 @@ from typing import Any
 import streamlit as st
 
 from uap_core.studies import Study, StudyProgress, StudyResult, describe_settings, get_study
-from uap_core.studies.base import _jsonable, table_csv
+from uap_core.jsonable import jsonable
+from uap_core.studies.base import table_csv
 
 from .jobs import Task, Workspace
 
@@ -50,7 +51,7 @@ class StudyLive:
         progress = self.latest()
         study = self.study
         tables = progress.tables if progress is not None else {name: [] for name in study.table_names}
-        return StudyResult(study=study.name, title=study.title, settings=_jsonable(dataclasses.asdict(study.settings)),
+        return StudyResult(study=study.name, title=study.title, settings=jsonable(dataclasses.asdict(study.settings)),
                            tables=tables)
 
 
@@ -189,7 +190,7 @@ def figure_of(result: StudyResult):
 
 
 def json_bytes(result: StudyResult) -> bytes:
-    return json.dumps(_jsonable(result.as_json()), indent=1).encode()
+    return json.dumps(jsonable(result.as_json()), indent=1).encode()
 
 
 def downloads(result: StudyResult, key: str) -> None:

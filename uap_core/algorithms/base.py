@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .. import distributed, metrics
 from ..distributed import Shard
 from ..ensemble import members_of
+from ..errors import first_line
 from ..evaluation import autocast
 from ..models import Classifier
 
@@ -259,7 +260,7 @@ class UAPAlgorithm:
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a compiler failure must not end the run: go eager
-                self.compile_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                self.compile_error = f"{type(exc).__name__}: {first_line(exc)}"
                 self._compiled = None
                 log.warning("torch.compile failed, running eager from now on: %s", self.compile_error)
         return self._gradient_through(self.loss_and_fooled, pixels, delta, clean_labels, clean_logits)

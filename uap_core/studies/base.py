@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, get_args, get_origin, get_type_hints
 
 from ..errors import ParameterError
+from ..jsonable import jsonable
 from ..params import check_range, parse_number
 
 PROGRESS_SECONDS = 0.5  # at most this long between progress reports while a study fits a UAP
@@ -246,8 +247,8 @@ class Study:
         at the end; call it yourself after an interrupted iteration (e.g. Ctrl-C) to keep what is done."""
         self.finish()
         self.result = StudyResult(
-            study=self.name, title=self.title, settings=_jsonable(dataclasses.asdict(self.settings)),
-            tables={k: list(v) for k, v in self.tables.items()}, summary=_jsonable(self.summary_values),
+            study=self.name, title=self.title, settings=jsonable(dataclasses.asdict(self.settings)),
+            tables={k: list(v) for k, v in self.tables.items()}, summary=jsonable(self.summary_values),
             environment=environment(self.device, seconds), stopped=self._stop)
         return self.result
 
@@ -318,17 +319,6 @@ def environment(device: str, seconds: float) -> dict[str, Any]:
             "cpu_threads": torch.get_num_threads()}
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
 
 def table_csv(rows: list[dict[str, Any]]) -> str:
     """Rows (flat dicts) as CSV text; the columns are the union of the keys in first-seen order."""
@@ -341,7 +331,7 @@ def table_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _jsonable(v) for k, v in row.items()})
+        writer.writerow({k: jsonable(v) for k, v in row.items()})
     return buffer.getvalue()
 
 
@@ -363,7 +353,7 @@ def write_outputs(result: StudyResult, figure, out_dir: str | os.PathLike, png: 
     for i, (name, rows) in enumerate(result.tables.items()):
         stem = result.study if i == 0 else f"{result.study}_{name}"
         write(out / f"{stem}.csv", table_csv(rows).encode())
-    write(out / f"{result.study}.json", json.dumps(_jsonable(result.as_json()), indent=1).encode())
+    write(out / f"{result.study}.json", json.dumps(jsonable(result.as_json()), indent=1).encode())
     write(out / f"{result.study}.html", figure.to_html(include_plotlyjs=True, full_html=True).encode())
     if png is None:
         png = png_available()
