@@ -28,9 +28,7 @@ def jsonable(value: Any, strict: bool = False) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return jsonable(dataclasses.asdict(value), strict)
     if isinstance(value, PurePath):
-        if strict:
-        raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
-    return str(value)
+        return str(value)
     if hasattr(value, "tolist") and callable(value.tolist):    # NumPy / torch scalars, arrays and tensors
         if hasattr(value, "detach"):
             value = value.detach().cpu()
