@@ -35,7 +35,8 @@ def _remote(payload: bytes = PAYLOAD, name: str = NAME, md5_only: bool = False) 
 class _Server:
     """An HTTP server on 127.0.0.1 serving PAYLOAD as /<behaviours>/<NAME>, behaviours joined by '+':
     ok, norange (ignores Range), cutN (closes the connection after N body bytes, once per URL), corrupt (one
-    byte flipped), missing (404), error500once (one 500, then ok), slow (pauses between chunks)."""
+    byte flipped), missing (404), error500once (one 500, then ok), slow (pauses between chunks), stallN (stops
+    sending for 1 s after N body bytes, once per URL)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
@@ -78,6 +79,13 @@ class _Server:
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
+                    return
+                stall = next((int(f[5:]) for f in flags if f.startswith("stall")), None)
+                if stall is not None and self.path not in server.done_once:
+                    server.done_once.add(self.path)
+                    self.wfile.write(body[:stall])
+                    self.wfile.flush()
+                    time.sleep(1.0)
                     return
                 for offset in range(0, len(body), 32_768):
                     self.wfile.write(body[offset:offset + 32_768])
@@ -198,6 +206,14 @@ def test_interrupted_download_resumes_with_a_range_request(server, cache, monkey
     assert server.gets() == [(f"/cut100000/{NAME}", None), (f"/cut100000/{NAME}", "bytes=100000-")]
     assert (100_000, len(PAYLOAD)) in calls and calls[-1] == (len(PAYLOAD), len(PAYLOAD))
     assert _leftovers(cache) == [NAME]
+
+
+def test_a_stalled_download_times_out_and_resumes(server, cache, monkeypatch):
+    _mirror(monkeypatch, server.base + "/stall70000")
+    assert fetch(_remote(), cache, progress=None, backoff=0, timeout=0.3).read_bytes() == PAYLOAD
+    (_, first), (_, resumed) = server.gets()
+    assert first is None and resumed.startswith("bytes=")  # a read lost in the stall is asked for again
+    assert 0 < int(resumed[6:-1]) <= 70_000
 
 
 def test_interrupted_download_restarts_when_the_server_ignores_range(server, cache, monkeypatch):

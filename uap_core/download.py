@@ -56,12 +56,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.client import HTTPException, IncompleteRead
+from http.client import HTTPException, HTTPResponse, IncompleteRead
 from pathlib import Path
-from typing import IO, Literal, Protocol
+from typing import Literal, Protocol
+from urllib.response import addinfourl
 
 from tqdm import tqdm
 
@@ -74,8 +75,9 @@ except ImportError:  # pragma: no cover - Windows
     import msvcrt
 
 __all__ = [
-    "CIFAR10_PYTHON", "CIFAR10_RESNET20", "CIFAR10_RESNET56", "ChecksumError", "DownloadError", "KNOWN_REMOTES",
-    "MIRROR_ENV", "ProgressCallback", "Remote", "default_cache_dir", "fetch", "file_digest", "locate", "remote_urls",
+    "CACHE_ENV", "CIFAR10_PYTHON", "CIFAR10_RESNET20", "CIFAR10_RESNET56", "KNOWN_REMOTES", "MIRROR_ENV",
+    "ChecksumError", "DownloadError", "ProgressCallback", "Remote",
+    "default_cache_dir", "fetch", "file_digest", "locate", "remote_urls",
 ]
 
 CACHE_ENV = "UAP_CACHE_DIR"
@@ -418,7 +420,7 @@ def _describe(exc: BaseException) -> str:
     return first_line(exc, 160)
 
 
-def _open(url: str, offset: int, timeout: float):
+def _open(url: str, offset: int, timeout: float) -> HTTPResponse | addinfourl:
     """Open ``url`` asking for bytes from ``offset`` on; classify a failure as :class:`_Skip` or
     :class:`_Transient`."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
@@ -435,6 +437,8 @@ def _open(url: str, offset: int, timeout: float):
         reason = exc.reason
         if isinstance(reason, _UNREACHABLE) or getattr(reason, "errno", None) in _UNREACHABLE_ERRNOS:
             raise _Skip(_describe(exc)) from None
+        if isinstance(reason, TimeoutError):  # no answer to the connection at all: a blocked or dead host
+            raise _Skip(f"no answer within {timeout:g} s") from None
         if isinstance(reason, OSError) and not isinstance(reason, (TimeoutError, ConnectionError)):
             raise _Skip(_describe(exc)) from None  # e.g. a file:// mirror without the file
         raise _Transient(_describe(exc)) from None
@@ -444,7 +448,7 @@ def _open(url: str, offset: int, timeout: float):
         raise _Skip(_describe(exc)) from None
 
 
-def _full_length(response, offset: int) -> tuple[int, int | None]:
+def _full_length(response: HTTPResponse | addinfourl, offset: int) -> tuple[int, int | None]:
     """(where the body starts, the file's full size or None) from a response to a request from ``offset``."""
     status = getattr(response, "status", None) or response.getcode() or 200
     length = response.headers.get("Content-Length")
@@ -507,7 +511,7 @@ class _Partial(bytes):
     reason: str
 
 
-def _read(response, size: int) -> bytes:
+def _read(response: HTTPResponse | addinfourl, size: int) -> bytes:
     """Up to ``size`` bytes of the body; a failed read returns what it got as a :class:`_Partial`."""
     try:
         return response.read(size)
@@ -550,9 +554,10 @@ def fetch(remote: Remote, cache_dir: str | os.PathLike[str] | None = None, *,
                  ``"auto"`` (default): a tqdm bar when stderr is a terminal, else silence; ``None``: silence.
     retries:     further attempts per URL after a transient failure (reset, timeout, short read, HTTP 5xx/429),
                  each resuming where the last stopped, after ``backoff`` · 2^k seconds (k = 0, 1, …, at most 30 s).
-                 An unreachable host (name not resolved, connection refused) or an HTTP 4xx goes to the next
-                 URL at once: retrying it would not help, and offline must fail fast.
-    timeout:     seconds a connection or a single read may stall.
+                 An unreachable host (name not resolved, connection refused, no route, no answer to the
+                 connection within ``timeout``) or an HTTP 4xx goes to the next URL at once: retrying it would
+                 not help, and offline must fail fast.
+    timeout:     seconds a connection or a single read may stall (a stalled read is retried, resuming).
     manual_hint: how a user puts the file there by hand, for the error message (e.g. "set UAP_WEIGHTS_DIR or
                  pass --weights FILE").
 
@@ -630,7 +635,7 @@ def fetch(remote: Remote, cache_dir: str | os.PathLike[str] | None = None, *,
             part.unlink(missing_ok=True)  # kept only when it holds bytes a later fetch can resume from
         kind = ChecksumError if mismatch else DownloadError
         raise kind(_one_line(f"{where}, and downloading it failed: {'; '.join(failures)}; download it by hand "
-                             f"from {urls[0]} into one of those folders{hint}"))
+                             f"from {remote.urls[0]} into one of those folders{hint}"))
 
 
 def _human_size(size: int) -> str:
