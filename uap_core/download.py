@@ -196,7 +196,7 @@ CIFAR10_PYTHON = Remote(
     sha256=None,  # not computed offline: the publisher's MD5 pins it (see the module docstring)
     md5="c58f30108f718f92721af3b95e74349a",
     size=170_498_071,
-    title="CIFAR-10 (python version; its test batch)",
+    title="CIFAR-10 python archive (its test batch is the image set)",
     license="no license stated; cite Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images",
 )
 KNOWN_REMOTES: dict[str, Remote] = {r.name: r for r in (CIFAR10_RESNET20, CIFAR10_RESNET56, CIFAR10_PYTHON)}
