@@ -14,7 +14,8 @@ import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 from uap_core.presets import demo_config
 from uap_ui import runview, widgets
 from uap_ui.jobs import Workspace
-from uap_ui.session import current_workspace, setup_page
+from uap_ui.page import setup_page
+from uap_ui.session import current_workspace
 from uap_ui.widgets import SAMPLES_CHOICE
 
 EXPLAINER = Path(__file__).resolve().parent / "uap_ui" / "assets" / "explainer.png"

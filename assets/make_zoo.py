@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -33,13 +34,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if importlib.util.find_spec("uap_core") is None:  # python assets/make_zoo.py … runs the installed package
+    sys.exit("assets/make_zoo.py needs the uap_core package installed: `pip install -e .` in the repository root "
+             "(`pip install -r requirements-dev.txt` does it)")
 
-from uap_core.artifacts import save_uap  # noqa: E402
-from uap_core.images import load_images  # noqa: E402
-from uap_core.models import get_spec  # noqa: E402
-from uap_core.report import perturbation_report  # noqa: E402
-from uap_core.run import Run, RunConfig  # noqa: E402
+from uap_core.artifacts import save_uap
+from uap_core.images import load_images
+from uap_core.models import get_spec
+from uap_core.report import perturbation_report
+from uap_core.run import Run, RunConfig
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("UAP_SHARED_DIR") or HERE.parent.parent / "shared")

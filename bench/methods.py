@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if importlib.util.find_spec("uap_core") is None:  # python bench/methods.py … runs the installed package
+    sys.exit("bench/methods.py needs the uap_core package installed: `pip install -e .` in the repository root "
+             "(`pip install -r requirements-dev.txt` does it)")
 
-from uap_core.algorithms import ALGORITHMS  # noqa: E402
-from uap_core.images import load_images  # noqa: E402
-from uap_core.models import load_model, resolve_device  # noqa: E402
-from uap_core.params import describe  # noqa: E402
-from uap_core.run import Run, RunConfig  # noqa: E402
+from uap_core.algorithms import ALGORITHMS
+from uap_core.images import load_images
+from uap_core.models import load_model, resolve_device
+from uap_core.params import describe
+from uap_core.run import Run, RunConfig
 
 SHARED = Path(os.environ.get("UAP_SHARED_DIR") or Path(__file__).resolve().parent.parent.parent / "shared")
 

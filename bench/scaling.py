@@ -25,6 +25,7 @@ cores/R threads each.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,7 +35,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if importlib.util.find_spec("uap_core") is None:  # python bench/scaling.py … runs the installed package
+    sys.exit("bench/scaling.py needs the uap_core package installed: `pip install -e .` in the repository root "
+             "(`pip install -r requirements-dev.txt` does it)")
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "cifar10-test-2000.npz"
 

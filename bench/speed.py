@@ -36,23 +36,26 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+if importlib.util.find_spec("uap_core") is None:  # python bench/speed.py … runs the installed package
+    sys.exit("bench/speed.py needs the uap_core package installed: `pip install -e .` in the repository root "
+             "(`pip install -r requirements-dev.txt` does it)")
 
-from uap_core.algorithms import get_algorithm  # noqa: E402
-from uap_core.algorithms.base import AttackSetup  # noqa: E402
-from uap_core.evaluation import autocast, predict_labels  # noqa: E402
-from uap_core.models import load_model, model_names, resolve_device  # noqa: E402
-from uap_core.params import parse_params  # noqa: E402
-from uap_core.run import choose_compile, choose_precision, prepare_model  # noqa: E402
+from uap_core.algorithms import get_algorithm
+from uap_core.algorithms.base import AttackSetup
+from uap_core.evaluation import autocast, predict_labels
+from uap_core.models import load_model, model_names, resolve_device
+from uap_core.params import parse_params
+from uap_core.run import choose_compile, choose_precision, prepare_model
 
 PUBLISHED_SGA_IMAGE_GRADIENTS = 10_000 * 20 * 4  # images × epochs × K: every image is visited K times an epoch
 EPS = 10 / 255

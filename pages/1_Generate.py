@@ -11,7 +11,8 @@ from uap_core.presets import RACE_BUDGET, race_config
 from uap_core.run import COMPILE, KEEP, PRECISIONS, RunConfig
 from uap_ui import charts, runview, widgets
 from uap_ui.jobs import Workspace, run_label, short_algorithm_name
-from uap_ui.session import current_workspace, setup_page
+from uap_ui.page import setup_page
+from uap_ui.session import current_workspace
 
 MAX_RUNNING = 4
 RACE_DEFAULT = ["sga", "sgd_uap"]  # the SGA paper's central comparison

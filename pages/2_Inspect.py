@@ -15,7 +15,7 @@ from uap_core.models import model_names
 from uap_core.report import PerturbationReport
 from uap_core.transfer import evaluate_uap
 from uap_ui import analysis, cache, photo, spaces, widgets
-from uap_ui.session import setup_page
+from uap_ui.page import setup_page
 
 setup_page("Inspect")
 st.title("Inspect a perturbation")
@@ -35,7 +35,7 @@ def pick_uap() -> tuple[str, UAPArtifact] | None:
                       format_func={"library": "From the library", "upload": "Upload a file"}.get,
                       persist_state="session")
     if source == "library":
-        with cache.LIBRARY_LOCK:
+        with spaces.LIBRARY_LOCK:
             entries = [e for e in spaces.library().list() if e.error is None]
         if not entries:
             st.info("The library is empty (and no shipped perturbation was found in assets/uaps): generate a "
@@ -47,7 +47,7 @@ def pick_uap() -> tuple[str, UAPArtifact] | None:
                             format_func=lambda n: _entry_label(by_name[n]))
         entry = by_name[name]
         try:
-            with cache.LIBRARY_LOCK:
+            with spaces.LIBRARY_LOCK:
                 artifact = spaces.library().load(name)
         except UAPError as exc:
             st.error(str(exc))

@@ -13,7 +13,8 @@ from uap_core.errors import UAPError
 from uap_core.transfer import TransferMatrix, transfer_matrix
 from uap_ui import cache, charts, runview, spaces, widgets
 from uap_ui.jobs import Task, Workspace
-from uap_ui.session import current_workspace, setup_page
+from uap_ui.page import setup_page
+from uap_ui.session import current_workspace
 
 TASK = "transfer"
 
@@ -23,7 +24,7 @@ st.caption("Each saved UAP is added to the same images and every model classifie
            "UAP i on model j. The diagonal-like cells (a UAP on its own model) are white-box, the rest black-box.")
 
 library = spaces.library()  # on a class server: the visitor's own space, the owner's library and the shipped zoo
-with cache.LIBRARY_LOCK:
+with spaces.LIBRARY_LOCK:
     entries = [e for e in library.list() if e.error is None]
 statuses = cache.model_statuses()
 available = [s.spec.name for s in statuses if s.available]
@@ -72,7 +73,7 @@ def start_transfer() -> Task | None:
         return None
     try:
         widgets.check_image_choice(choice)  # a folder this session may not read, an upload over the limit
-        with cache.LIBRARY_LOCK:
+        with spaces.LIBRARY_LOCK:
             uaps = {name: library.load(name) for name in chosen_uaps}
     except UAPError as exc:
         st.error(str(exc))

@@ -11,9 +11,9 @@ import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 
 from uap_core.artifacts import perturbation_png, uap_to_bytes
 from uap_core.errors import UAPError
-from uap_ui import cache, charts, spaces
+from uap_ui import charts, spaces
 from uap_ui.jobs import short_algorithm_name
-from uap_ui.session import setup_page
+from uap_ui.page import setup_page
 
 setup_page("Library")
 st.title("Library")
@@ -39,7 +39,7 @@ def flash(message: str) -> None:
     st.rerun()
 
 
-with cache.LIBRARY_LOCK:
+with spaces.LIBRARY_LOCK:
     entries = library.list()
 
 
@@ -120,7 +120,7 @@ else:
                     if st.form_submit_button("Rename", icon=":material/edit:"):
                         try:
                             target, stem = spaces.manage_target(entry, password)
-                            with cache.LIBRARY_LOCK:
+                            with spaces.LIBRARY_LOCK:
                                 renamed = target.rename(stem, new_name)
                             flash(f"Renamed {entry.name} to {renamed.name}.")
                         except UAPError as exc:
@@ -136,7 +136,7 @@ else:
                         else:
                             try:
                                 target, stem = spaces.manage_target(entry, password)
-                                with cache.LIBRARY_LOCK:
+                                with spaces.LIBRARY_LOCK:
                                     target.delete(stem)
                                 flash(f"Deleted {entry.name}.")
                             except UAPError as exc:
@@ -155,7 +155,7 @@ with st.form("lib_upload_form", clear_on_submit=False):
             target = upload_name.strip() or upload.name.rsplit(".", 1)[0]
             try:
                 spaces.check_upload(upload.size)
-                with cache.LIBRARY_LOCK:
+                with spaces.LIBRARY_LOCK:
                     imported = library.import_bytes(target, upload.getvalue(), upload.name)
                 flash(f"Imported {upload.name} as {imported.name}.")
             except UAPError as exc:

@@ -9,7 +9,8 @@ import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 from uap_core.errors import UAPError
 from uap_core.studies import get_study, study_names
 from uap_ui import runview, studyview
-from uap_ui.session import current_workspace, setup_page
+from uap_ui.page import setup_page
+from uap_ui.session import current_workspace
 
 workspace = setup_page("Studies")
 st.title("Studies: the papers' experiments")

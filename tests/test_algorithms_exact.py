@@ -2,8 +2,6 @@
 every gradient can be recomputed by hand."""
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +10,7 @@ import torch.nn.functional as F
 from uap_core.algorithms import AttackSetup, get_algorithm
 from uap_core.params import parse_params
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/toys.py, whatever pytest's import mode
-from toys import assert_on_the_boundary, toy_model  # noqa: E402
+from toys import assert_on_the_boundary, toy_model
 
 EPS = 10 / 255
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ui_helpers, whatever pytest's import mode
-from ui_helpers import ROOT, save_test_uap, streamlit_server  # noqa: E402
+from ui_helpers import ROOT, save_test_uap, streamlit_server
 
 CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))  # Debian's chromium
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"

@@ -19,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ui_helpers, whatever pytest's import mode
-from ui_helpers import PAGES, ROOT, save_test_uap, streamlit_server  # noqa: E402
+from ui_helpers import PAGES, ROOT, save_test_uap, streamlit_server
 
 SESSIONS = 20
 CLICK_SPREAD_SECONDS = 2.0  # all 20 press "Run the demo" within this

@@ -9,8 +9,6 @@
 """
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +20,7 @@ from uap_core.params import parse_params
 from uap_core.report import perturbation_report
 from uap_core.run import Run, RunConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/toys.py, whatever pytest's import mode
-from toys import assert_on_the_boundary, toy_model  # noqa: E402
+from toys import assert_on_the_boundary, toy_model
 
 EPS = 10 / 255
 

@@ -239,6 +239,5 @@ def test_a_killed_rank_ends_the_run_with_a_clear_error_and_no_artifact(cifar_npz
     assert not out.exists() or not any(out.iterdir())  # no artifact, no temp file
 
 
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "worker":
-    sys.path.insert(0, str(REPO))
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "worker":  # under torchrun (PYTHONPATH set)
     worker(Path(sys.argv[2]), sys.argv[3], sys.argv[4])

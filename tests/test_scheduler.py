@@ -5,21 +5,18 @@ Task API the Transfer and Studies pages use. Toy model and functions: the whole 
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toys import toy_model  # noqa: E402
+from uap_core.images import ImageSet
+from uap_core.run import Run, RunConfig
+from uap_ui import jobs, scheduler
+from uap_ui.scheduler import QueuePlace, Scheduler, ordinal
 
-from uap_core.images import ImageSet  # noqa: E402
-from uap_core.run import Run, RunConfig  # noqa: E402
-from uap_ui import jobs, scheduler  # noqa: E402
-from uap_ui.scheduler import QueuePlace, Scheduler, ordinal  # noqa: E402
+from toys import toy_model
 
 
 def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:

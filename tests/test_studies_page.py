@@ -8,15 +8,13 @@ deadline. Tiny studies: CIFAR-10 ResNet-20 on a few dozen images of the shared .
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ui_helpers, whatever pytest's import mode
-from ui_helpers import ROOT  # noqa: E402
+from ui_helpers import ROOT
 
 PAGE = ROOT / "pages" / "5_Studies.py"
 TIMEOUT = 120

@@ -7,17 +7,14 @@ deadline (:func:`ui_helpers.wait_for_runs`). Tiny runs use a 64-px input and one
 from __future__ import annotations
 
 import io
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ui_helpers, whatever pytest's import mode
-from ui_helpers import PAGES, figure_titled, plotly_specs, save_test_uap, status_lines, wait_for_runs  # noqa: E402
+from ui_helpers import PAGES, figure_titled, plotly_specs, save_test_uap, status_lines, wait_for_runs
 
 TIMEOUT = 120  # seconds for one script run (the first one loads the model)
 

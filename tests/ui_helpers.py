@@ -16,8 +16,6 @@ from typing import Any, Iterator
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # pages import uap_ui / uap_core from the repository root
-    sys.path.insert(0, str(ROOT))
 
 PAGES = {"home": ROOT / "app.py", "generate": ROOT / "pages" / "1_Generate.py",
          "inspect": ROOT / "pages" / "2_Inspect.py", "transfer": ROOT / "pages" / "3_Transfer.py",

@@ -323,6 +323,12 @@ def shipped_dir() -> Path:
     return Path(os.environ.get("UAP_SHIPPED_DIR") or SHIPPED_DIR)
 
 
+def library_root() -> Path:
+    """The user's library folder (the app's, and the CLI's ``--uap NAME``): $UAP_LIBRARY_DIR, default
+    ~/.uap_explorer/library (not created here)."""
+    return Path(os.environ.get("UAP_LIBRARY_DIR") or Path.home() / ".uap_explorer" / "library").expanduser()
+
+
 def shipped_library(root: str | os.PathLike | None = None) -> UAPLibrary:
     """The zoo of perturbations shipped with UAP Explorer (``assets/uaps``, built by ``assets/make_zoo.py``),
     read-only."""

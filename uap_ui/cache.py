@@ -1,4 +1,4 @@
-"""Cached expensive objects, shared by all sessions: models, decoded image sets, the library, clean predictions.
+"""Cached expensive objects, shared by all sessions: models, decoded image sets, clean predictions.
 
 ``st.cache_resource`` returns the same object on every call (no copy), so switching pages never reloads a model.
 Errors (a model without weights offline, a folder without images) are raised as :class:`UAPError` and not cached:
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +19,8 @@ import torch
 from uap_core.ensemble import Ensemble, member_names
 from uap_core.evaluation import predict_logits
 from uap_core.images import ImageSet, load_images, load_uploads
-from uap_core.library import CombinedLibrary, UAPLibrary, shipped_dir, shipped_library
 from uap_core.models import Classifier, ModelStatus, get_spec, list_models, load_model, resolve_device
 from uap_core.models import model_status as core_model_status
-
-from .session import library_root
-
-LIBRARY_LOCK = threading.RLock()  # one library operation at a time across sessions
 
 
 @st.cache_resource(ttl=30, show_spinner=False)
@@ -120,17 +114,6 @@ def npz_upload_path(name: str, data: bytes) -> str:
         tmp.write_bytes(data)
         tmp.replace(path)
     return str(path)
-
-
-@st.cache_resource(show_spinner=False)
-def _library(root: str, shipped: str) -> CombinedLibrary:
-    return CombinedLibrary(UAPLibrary(root), [shipped_library(shipped)])
-
-
-def library() -> CombinedLibrary:
-    """The UAP library at $UAP_LIBRARY_DIR (default ~/.uap_explorer/library), with the shipped zoo
-    (``assets/uaps``) listed first, read-only, its names prefixed "shipped: "."""
-    return _library(str(library_root()), str(shipped_dir()))
 
 
 @dataclass

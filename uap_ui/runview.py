@@ -18,6 +18,7 @@ from uap_core.library import safe_name
 
 from . import cache, charts, jobs, spaces, widgets
 from .jobs import DONE, FAILED, QUEUED, STOPPED, JobSnapshot
+from .session import current_workspace
 
 POLL_SECONDS = 1.0  # page refresh while a run is live: each poll redraws the charts (browser CPU)
 REDRAWS_PER_SECOND = 4.0  # at most about this many live redraws per second in all, however many sessions watch
@@ -184,7 +185,7 @@ def result_panel(snap: JobSnapshot, key: str) -> None:
             if st.form_submit_button("Save to the library", icon=":material/save:"):
                 try:
                     library = spaces.library()
-                    with cache.LIBRARY_LOCK:
+                    with spaces.LIBRARY_LOCK:
                         entry = library.save(name, result.delta, result.metadata(), overwrite=overwrite)
                     where = "your space on this server" if spaces.space_name() else library.root
                     st.success(f"Saved as **{entry.name}** in {where}", icon=":material/check:")
@@ -251,8 +252,6 @@ def start_run(config, choice: "widgets.ImageChoice", kind: str = "generate", lab
         if images.skipped:  # shown after the rerun that redraws the buttons (see show_notices)
             st.session_state.setdefault(_NOTICES, []).append(images)
         return Job(run, label=label, kind=kind).start()
-
-    from .session import current_workspace
 
     job, reused = shared_job(key, create, own=current_workspace())
     if job is not None and reused:

@@ -1,4 +1,4 @@
-"""Which workspace (jobs, kept runs) this browser session sees, and page setup shared by every page.
+"""Which workspace (jobs, kept runs) this browser session sees.
 
 A browser refresh starts a new Streamlit session (and clears session-scoped caches), so the workspace is keyed by a
 random token kept in the URL (``?ws=…``): the refreshed page finds its running job again. A session-scoped cached
@@ -8,16 +8,14 @@ a workspace left without sessions has its jobs stopped after a grace period (see
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import streamlit as st
 
-from . import jobs, nav
+from . import jobs
 
 TOKEN_PARAM = "ws"
 _TOKEN_KEY = "_uap_workspace_token"
@@ -62,24 +60,3 @@ def current_workspace() -> jobs.Workspace:
     presence = _presence(token)
     return jobs.attach(token, presence.session_id)
 
-
-def library_root() -> Path:
-    """Where saved UAPs live: $UAP_LIBRARY_DIR, default ~/.uap_explorer/library."""
-    return Path(os.environ.get("UAP_LIBRARY_DIR") or Path.home() / ".uap_explorer" / "library").expanduser()
-
-
-def setup_page(title: str, icon: str = ":material/blur_on:") -> jobs.Workspace:
-    """Common page setup: page config, sidebar note, and this session's workspace."""
-    st.set_page_config(page_title=f"{title} · UAP Explorer", page_icon=icon, layout="wide")
-    workspace = current_workspace()
-    from . import spaces  # imports this module
-
-    spaces.apply_server_settings()
-    with st.sidebar:
-        nav.menu()
-        st.caption("UAP Explorer — universal adversarial perturbations, live.")
-        running = workspace.running()
-        if running:
-            st.caption(f"{len(running)} run(s) in progress: " + ", ".join(j.label for j in running))
-        spaces.sidebar_note()
-    return workspace

@@ -39,6 +39,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -46,10 +47,10 @@ from typing import Any, Iterable
 import streamlit as st
 
 from uap_core.errors import ImageSourceError, ParameterError
-from uap_core.library import CombinedLibrary, LibraryEntry, UAPLibrary, shipped_dir, shipped_library
+from uap_core.library import CombinedLibrary, LibraryEntry, UAPLibrary, library_root, shipped_dir, shipped_library
 
 from . import scheduler
-from .session import library_root, workspace_token
+from .session import workspace_token
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ DEFAULT_VISITOR_UPLOAD_MB = 20.0
 DEFAULT_VISITOR_MAX_ENTRIES = 50
 _OWNER_UNLOCKED = "_uap_owner_unlocked"
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+LIBRARY_LOCK = threading.RLock()  # one library operation at a time across sessions (every library of this module)
 
 
 # ---------------------------------------------------------------------------------------------- plain rules
@@ -240,6 +243,17 @@ class VisitorLibrary(CombinedLibrary):
         return super().import_bytes(name, data, filename)
 
 
+@st.cache_resource(show_spinner=False)
+def _owner_library(root: str, shipped: str) -> CombinedLibrary:
+    return CombinedLibrary(UAPLibrary(root), [shipped_library(shipped)])
+
+
+def owner_library() -> CombinedLibrary:
+    """The owner's UAP library at $UAP_LIBRARY_DIR (default ~/.uap_explorer/library), with the shipped zoo
+    (``assets/uaps``) listed first, read-only, its names prefixed "shipped: "."""
+    return _owner_library(str(library_root()), str(shipped_dir()))
+
+
 @st.cache_resource(max_entries=256, show_spinner=False)
 def _visitor_library(space: str, visitor_dir: str, owner_root: str, shipped: str, max_entries: int) -> VisitorLibrary:
     own = UAPLibrary(Path(visitor_dir) / space)
@@ -250,11 +264,9 @@ def _visitor_library(space: str, visitor_dir: str, owner_root: str, shipped: str
 def library() -> CombinedLibrary:
     """The library this browser session lists, loads and saves to: the owner's (with the shipped zoo), or for a
     visitor their own space plus the shipped zoo and the owner's library, both read-only."""
-    from . import cache
-
     space = space_name()
     if space is None:
-        return cache.library()
+        return owner_library()
     max_entries = int(_number("visitor_max_entries", DEFAULT_VISITOR_MAX_ENTRIES))
     return _visitor_library(space, str(visitor_root()), str(library_root()), str(shipped_dir()), max_entries)
 
@@ -282,9 +294,7 @@ def manage_target(entry: LibraryEntry, password: str | None = None) -> tuple[Any
             if not password_matches(password, expected):
                 raise ParameterError("wrong owner password: nothing was changed")
             st.session_state[_OWNER_UNLOCKED] = True
-        from . import cache
-
-        return cache.library().own, entry.name.split(": ", 1)[1]
+        return owner_library().own, entry.name.split(": ", 1)[1]
     if entry.read_only:
         raise ParameterError(f"{entry.name!r} is read-only ({entry.source}): it cannot be renamed or deleted")
     return library(), entry.name

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -67,6 +66,7 @@ from ..artifacts import load_uap
 from ..errors import ArtifactError, ParameterError
 from ..evaluation import predict_logits
 from ..images import ImageSet, load_images
+from ..library import CombinedLibrary, UAPLibrary, library_root, shipped_library
 from ..models import Classifier, get_spec, load_model, resolve_device
 from ..run import Run, RunConfig, prepare_model
 from .base import CIFAR_TEST_IMAGES, Study, StudyResult, setting
@@ -123,19 +123,12 @@ def random_like(delta: torch.Tensor, norm: str, generator: torch.Generator) -> t
     return metrics.random_perturbation(tuple(delta.shape), size, norm, generator, delta.device)
 
 
-def library_root() -> Path:
-    """The UI's library folder: $UAP_LIBRARY_DIR, default ~/.uap_explorer/library (read here, never created)."""
-    return Path(os.environ.get("UAP_LIBRARY_DIR") or Path.home() / ".uap_explorer" / "library").expanduser()
-
-
 def resolve_uap_path(value: str) -> Path:
     """A UAP file path, or the name of a library entry: one of the user's library (``$UAP_LIBRARY_DIR``, default
     ~/.uap_explorer/library) or of the shipped zoo (``"shipped: <name>"``). ParameterError if none exists."""
     path = Path(value).expanduser()
     if path.is_file():
         return path
-    from ..library import CombinedLibrary, UAPLibrary, shipped_library
-
     library = CombinedLibrary(UAPLibrary(library_root(), read_only=True), [shipped_library()])
     try:
         entry = library.path_of(value)
