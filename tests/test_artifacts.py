@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from uap_core.jsonable import jsonable as plain_json
-from uap_core import artifacts
+from uap_core import artifacts, atomic
 from uap_core.artifacts import (
     FORMAT_VERSION,
     load_uap,
@@ -225,7 +225,7 @@ def half_write_then(exc: BaseException):
 def test_disk_full_mid_write_keeps_old_artifact(existing, monkeypatch) -> None:
     path, before = existing
     disk_full = OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(artifacts, "_write_fully", half_write_then(disk_full))
+    monkeypatch.setattr(atomic, "_write_fully", half_write_then(disk_full))
     with pytest.raises(ArtifactError, match="No space left on device"):
         save_uap(make_delta(1), {"version": "new"}, path)
     monkeypatch.undo()
@@ -234,7 +234,7 @@ def test_disk_full_mid_write_keeps_old_artifact(existing, monkeypatch) -> None:
 
 def test_killed_mid_write_keeps_old_artifact(existing, monkeypatch) -> None:
     path, before = existing
-    monkeypatch.setattr(artifacts, "_write_fully", half_write_then(SimulatedKill()))
+    monkeypatch.setattr(atomic, "_write_fully", half_write_then(SimulatedKill()))
     with pytest.raises(SimulatedKill):
         save_uap(make_delta(1), {"version": "new"}, path)
     monkeypatch.undo()

@@ -12,7 +12,7 @@ import torch
 
 from uap_core.algorithms import get_algorithm
 from uap_core.algorithms.base import AttackSetup
-from uap_core.ensemble import Ensemble
+from uap_core.models.ensemble import Ensemble
 from uap_core.errors import ParameterError
 from uap_core.evaluation import evaluate, predict_labels
 from uap_core.images import load_images
