@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from uap_core.jsonable import jsonable as plain_json
-from uap_core import artifacts, atomic
+from uap_core import atomic
 from uap_core.artifacts import (
     FORMAT_VERSION,
     load_uap,

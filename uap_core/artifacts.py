@@ -32,9 +32,9 @@ import json
 import math
 import os
 import platform
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
