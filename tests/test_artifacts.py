@@ -573,6 +573,28 @@ def test_library_never_writes_outside_root(tmp_path: Path, lib: UAPLibrary) -> N
     assert all(e.error is None for e in lib.list())
 
 
+def test_library_rename_that_fails_midway_moves_back(lib: UAPLibrary, monkeypatch) -> None:
+    """A rename moves .safetensors, .json, .png in turn; when the .png's target appears meanwhile, the files already
+    moved go back and the entry stays loadable under its old name (uap_core.atomic.move_all_no_clobber)."""
+    lib.save("first", make_delta(3), {"model": "a"})
+    real_move = atomic.move_no_clobber
+
+    def png_target_appears(src: Path, dst: Path) -> None:
+        if dst.name == "renamed.png":
+            dst.write_bytes(b"someone else's")
+        real_move(src, dst)
+
+    monkeypatch.setattr(atomic, "move_no_clobber", png_target_appears)
+    with pytest.raises(ParameterError, match="renamed.png appeared meanwhile"):
+        lib.rename("first", "renamed")
+    monkeypatch.undo()
+    assert sorted(p.name for p in lib.root.iterdir()) == [
+        "first.json", "first.png", "first.safetensors", "renamed.png",
+    ]  # fmt: skip
+    assert (lib.root / "renamed.png").read_bytes() == b"someone else's"
+    assert torch.equal(lib.load("first").delta, make_delta(3)) and lib.load("first").metadata["model"] == "a"
+
+
 def test_library_refuses_symlink_escape(tmp_path: Path, lib: UAPLibrary) -> None:
     outside = tmp_path / "outside.safetensors"
     outside.write_bytes(b"precious")

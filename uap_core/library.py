@@ -288,7 +288,8 @@ class UAPLibrary:
             move_all_no_clobber(moves)
         except FileExistsError as e:
             raise ParameterError(
-                f"cannot rename {src.stem!r} to {dst.stem!r}: {Path(e.filename or '').name} appeared meanwhile"
+                f"cannot rename {src.stem!r} to {dst.stem!r}: {Path(e.filename2 or e.filename or '').name} appeared "
+                f"meanwhile"  # os.link names (src, dst): the target is filename2
             ) from None
         except OSError as e:
             raise ArtifactError(f"could not rename {src.stem!r} to {dst.stem!r}: {e.strerror or e}") from e

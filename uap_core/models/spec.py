@@ -54,7 +54,8 @@ class ModelSpec:
 
     name: str
     title: str
-    family: str  # a row of uap_core.models.FAMILIES ("efficientnet-lite", "torchvision", "cifar", "timm", "file"), or "ensemble"
+    family: str  # its row of uap_core.models.FAMILIES ("efficientnet-lite", "torchvision", "cifar", "timm",
+    #              "file"), or "ensemble"
     dataset: str  # "imagenet" | "cifar10" | "N classes"
     input_size: int
     resize_size: int
