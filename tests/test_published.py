@@ -1,7 +1,7 @@
 """Published perturbations load as published: the UAP paper's .mat, GD-UAP's and TRM-UAP's .npy, SGD-UAP's .pth.
 
 The files are made here in the publishers' layouts (see uap_core/published.py for where each was checked); a
-.pth is read without unpickling, so a malicious one is refused without running anything.
+.pth is read without unpickling (uap_core/safe_pickle.py), so a malicious one is refused without running anything.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import scipy.io
 import torch
 
-from uap_core import published
+from uap_core import published, safe_pickle
 from uap_core.__main__ import main
 from uap_core.artifacts import load_uap, load_uap_bytes
 from uap_core.errors import ArtifactError, ParameterError
@@ -146,7 +146,7 @@ def test_sgd_uap_pth_reads_without_unpickling(tmp_path: Path) -> None:
     checkpoint = {"delta": delta[0], "losses": [1.5, 2.0], "eps": 10 / 255, "name": "x", "shape": (3, 4)}
     buf = io.BytesIO()
     torch.save(checkpoint, buf, pickle_protocol=4)
-    read = published.read_torch_file(buf.getvalue(), "c.pth")
+    read = safe_pickle.read_torch_file(buf.getvalue(), "c.pth")
     assert read.keys() == checkpoint.keys() and torch.equal(read["delta"], delta[0])
     assert read["losses"] == [1.5, 2.0] and read["shape"] == (3, 4)
 

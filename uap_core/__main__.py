@@ -163,7 +163,7 @@ MODEL_HELP = ("a name from list-models; several joined by commas (an ensemble); 
 
 
 def _dynamic_forms() -> tuple[str, ...]:
-    from .user_models import DYNAMIC_FORMS
+    from .models import DYNAMIC_FORMS
 
     return DYNAMIC_FORMS
 

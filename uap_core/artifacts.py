@@ -13,7 +13,7 @@ On disk an artifact is three siblings sharing one stem::
 Every file is written atomically (temporary file in the same folder, fsync, ``os.replace``), and the three are
 committed together: if any write fails, a previous artifact of the same name is left byte-identical.
 
-Loading never unpickles: ``.pt``/``.pth`` are read by :func:`uap_core.published.read_torch_file` (the pickle's
+Loading never unpickles: ``.pt``/``.pth`` are read by :func:`uap_core.safe_pickle.read_torch_file` (the pickle's
 opcodes are walked, nothing is imported or called; only tensors are taken), ``.npy`` through
 ``np.load(allow_pickle=False)``, ``.mat`` through ``scipy.io.loadmat``, and a ``.safetensors`` name must hold
 safetensors content. Published perturbations (the UAP paper's ``.mat``, GD-UAP's and TRM-UAP's ``.npy``,
@@ -32,13 +32,10 @@ import json
 import math
 import os
 import platform
-import secrets
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePath
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import safetensors
@@ -49,8 +46,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from . import published
+from .atomic import write_files_atomically
 from .errors import ArtifactError, ParameterError
 from .jsonable import jsonable
+from .safe_pickle import read_torch_file
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "uap-explorer"
@@ -59,7 +58,6 @@ TENSOR_KEY = "delta"
 EMBEDDED_METADATA_KEY = "uap_metadata"
 NORMS = ("linf", "l2")
 BUDGET_TOLERANCE = 1e-4  # relative slack on the eps check (float round-off of the attack's projection)
-TEMP_SUFFIX = ".tmp"  # temporary files are hidden (leading ".") and end with this
 
 _MAGIC_ZIP = b"PK\x03\x04"  # torch.save's default (zip) container
 _MAGIC_NPY = b"\x93NUMPY"
@@ -278,106 +276,6 @@ def _parse_metadata(text: str | bytes, source: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Atomic writing
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _write_fully(fileobj: BinaryIO, data: bytes) -> None:
-    """Write ``data`` to an open file (kept separate so tests can simulate a crash mid-write)."""
-    fileobj.write(data)
-
-
-def _temp_path_for(target: Path, kind: str) -> str:
-    return f".{target.name[:60]}.{kind}-"
-
-
-def _write_temp(target: Path, data: bytes) -> Path:
-    """Write ``data`` to a new hidden temp file next to ``target``, flushed and fsynced; return its path."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=_temp_path_for(target, "new"), suffix=TEMP_SUFFIX)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_fully(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _backup(target: Path) -> Path:
-    """Keep the current version of ``target`` under a hidden temp name (a hard link, or a copy if links fail)."""
-    backup = target.parent / f"{_temp_path_for(target, 'old')}{secrets.token_hex(6)}{TEMP_SUFFIX}"
-    try:
-        os.link(target, backup)
-    except OSError:
-        try:
-            shutil.copy2(target, backup)
-        except BaseException:
-            backup.unlink(missing_ok=True)
-            raise
-    return backup
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not supported everywhere (e.g. some network file systems)
-    finally:
-        os.close(fd)
-
-
-def _commit(files: dict[Path, bytes]) -> None:
-    """Write several files so that either all take their new content or all keep their old one.
-
-    Stage every file as a fsynced temp file first (a full disk fails here, before anything is touched), keep
-    the old versions as hard-linked backups, then ``os.replace`` each temp over its target; if a replace fails,
-    the targets already replaced get their backups back. Temp files and backups are always removed, except a
-    backup that could not be restored (then the error names it).
-    """
-    staged: list[tuple[Path, Path]] = []  # (temp, target)
-    backups: dict[Path, Path] = {}  # target -> backup of its old version
-    replaced: list[Path] = []
-    keep: set[Path] = set()
-    try:
-        for target, data in files.items():
-            staged.append((_write_temp(target, data), target))
-        for _, target in staged:
-            if target.exists():
-                backups[target] = _backup(target)
-        for tmp, target in staged:
-            os.replace(tmp, target)
-            replaced.append(target)
-    except BaseException as exc:
-        for target in reversed(replaced):
-            backup = backups.get(target)
-            try:
-                if backup is not None:
-                    os.replace(backup, target)
-                else:
-                    target.unlink(missing_ok=True)  # it did not exist before
-            except OSError:
-                if backup is not None:
-                    keep.add(backup)
-                    exc.add_note(f"the previous version of {target.name} is kept as {backup.name}")
-        raise
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        for backup in backups.values():
-            if backup not in keep:
-                backup.unlink(missing_ok=True)
-    if files:
-        _fsync_dir(next(iter(files)).parent)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Encoding
 # ----------------------------------------------------------------------------------------------------------
 
@@ -461,7 +359,7 @@ def save_uap(delta: torch.Tensor, metadata: dict, path: str | os.PathLike, png: 
         files[_sibling(path, ".png")] = perturbation_png(delta)[0]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _commit(files)
+        write_files_atomically(files)
         if not png:
             _sibling(path, ".png").unlink(missing_ok=True)
     except Exception as e:
@@ -529,9 +427,9 @@ def _decode_safetensors(data: bytes, source: str) -> tuple[torch.Tensor, dict[st
 
 
 def _decode_torch(data: bytes, source: str) -> torch.Tensor:
-    """A torch.save file (zip or legacy), read by :func:`uap_core.published.read_torch_file` without unpickling:
+    """A torch.save file (zip or legacy), read by :func:`uap_core.safe_pickle.read_torch_file` without unpickling:
     a tensor, or a dict with a "delta" tensor (or exactly one tensor); anything else is refused."""
-    obj = published.read_torch_file(data, source)
+    obj = read_torch_file(data, source)
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, dict):

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import SAFETENSORS_SUFFIX, UAPArtifact, load_uap, load_uap_bytes, save_uap
+from .atomic import move_all_no_clobber
 from .errors import ArtifactError, ParameterError
 
 MAX_NAME_CHARS = 80
@@ -283,18 +284,14 @@ class UAPLibrary:
                     f"cannot rename {src.stem!r} to {dst.stem!r}: {d.name} already exists in the library"
                 )
         moves = [(s, d) for s, d in zip(self._siblings(src), self._siblings(dst)) if s.exists()]
-        done: builtins.list[tuple[Path, Path]] = []
         try:
-            for s, d in moves:
-                _move_no_clobber(s, d)
-                done.append((s, d))
+            move_all_no_clobber(moves)
         except FileExistsError as e:
-            _undo(done)
             raise ParameterError(
-                f"cannot rename {src.stem!r} to {dst.stem!r}: {Path(e.filename or '').name} appeared meanwhile"
+                f"cannot rename {src.stem!r} to {dst.stem!r}: {Path(e.filename2 or e.filename or '').name} appeared "
+                f"meanwhile"  # os.link names (src, dst): the target is filename2
             ) from None
         except OSError as e:
-            _undo(done)
             raise ArtifactError(f"could not rename {src.stem!r} to {dst.stem!r}: {e.strerror or e}") from e
         return self._entry(dst)
 
@@ -415,29 +412,6 @@ class CombinedLibrary:
     def delete(self, name: str) -> None:
         self._refuse(name, "deleted")
         self.own.delete(name)
-
-
-def _move_no_clobber(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst`` without ever replacing an existing ``dst`` (FileExistsError instead)."""
-    try:
-        os.link(src, dst)  # atomic, fails if dst exists
-    except FileExistsError:
-        raise
-    except OSError:
-        if dst.exists():  # hard links unsupported here: fall back on check-then-rename
-            raise FileExistsError(17, "File exists", str(dst)) from None
-        os.rename(src, dst)
-        return
-    os.unlink(src)
-
-
-def _undo(done: builtins.list[tuple[Path, Path]]) -> None:
-    """Best-effort reversal of the moves in ``done``."""
-    for s, d in reversed(done):
-        try:
-            _move_no_clobber(d, s)
-        except OSError:
-            pass
 
 
 __all__ = ["SHIPPED_DIR", "CombinedLibrary", "LibraryEntry", "UAPLibrary", "safe_name", "shipped_dir", "shipped_library"]

@@ -26,7 +26,7 @@ from . import distributed, memo, metrics
 from .algorithms import AttackSetup, UAPAlgorithm, get_algorithm
 from .errors import ParameterError
 from .jsonable import jsonable
-from .ensemble import members_of
+from .models.ensemble import members_of
 from .evaluation import Evaluation, evaluate, predict_labels, predict_logits, predict_top1
 from .images import STREAM_CHOICES, ImageSet, ImageStream, load_images, open_stream, should_stream
 from .models import Classifier, get_spec, load_model, resolve_device

@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from uap_core.ensemble import Ensemble, member_names
+from uap_core.models.ensemble import Ensemble, member_names
 from uap_core.evaluation import predict_logits
 from uap_core.images import ImageSet, load_images, load_uploads
 from uap_core.models import Classifier, ModelStatus, get_spec, list_models, load_model, resolve_device

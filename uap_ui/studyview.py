@@ -158,7 +158,7 @@ def check_paths(cls: type[Study], values: dict[str, Any]) -> None:
     are checked like the other pages' (ImageSourceError with the allowed folders), and a setting that writes a file
     (``save_weights``) is the owner's alone (ParameterError)."""
     from uap_core.errors import ParameterError
-    from uap_core.user_models import FILE_PREFIX
+    from uap_core.models.file import FILE_PREFIX
 
     from . import spaces
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import distributed, metrics
 from ..distributed import Shard
-from ..ensemble import members_of
+from ..models.ensemble import members_of
 from ..errors import first_line
 from ..evaluation import autocast
 from ..models import Classifier

@@ -11,7 +11,7 @@ The paper
 What this study does
     One fixed split of the images (a seeded permutation: the held-out images are the same for every surrogate,
     method and seed, and never fitted on). For each method, seed and surrogate (a registry model, or several
-    joined by '+': an ensemble, :mod:`uap_core.ensemble`) one :class:`~uap_core.run.Run` fits δ with the method's
+    joined by '+': an ensemble, :mod:`uap_core.models.ensemble`) one :class:`~uap_core.run.Run` fits δ with the method's
     paper defaults (keeping the last δ); :func:`uap_core.transfer.transfer_matrix` then measures δ's fooling
     ratio on every target over the held-out images, and the same for random ±eps noise (the baseline row). A
     cell is white-box when the target is the surrogate or one of its members. The heatmap shows the mean over the
@@ -66,7 +66,7 @@ from typing import Any, Iterator
 import torch
 
 from ..algorithms import ALGORITHMS
-from ..ensemble import member_names
+from ..models.ensemble import member_names
 from ..errors import ParameterError
 from ..models import get_spec, resolve_device
 from . import figures
@@ -140,7 +140,7 @@ class TransferEnsembles(Study):
     # ------------------------------------------------------------------------------------------ the work
     def _run(self) -> Iterator[tuple[float, str]]:
         from ..artifacts import UAPArtifact
-        from ..ensemble import Ensemble
+        from ..models.ensemble import Ensemble
         from ..metrics import random_perturbation
         from ..models import load_model
         from ..run import Run, RunConfig

@@ -1,7 +1,7 @@
 """Several surrogate models as one (the SGA paper's ensemble setting): one δ fitted against all of them at once.
 
-An :class:`Ensemble` looks like one :class:`~uap_core.models.Classifier` to the rest of the core: its forward is the
-mean of its members' logits (what evaluation measures: the ensemble's own prediction), and it is named by its
+An :class:`Ensemble` looks like one :class:`~uap_core.models.spec.Classifier` to the rest of the core: its forward is
+the mean of its members' logits (what evaluation measures: the ensemble's own prediction), and it is named by its
 members joined with commas (``"vgg16,resnet50"``, the CLI's ``--model vgg16,resnet50``). The gradient methods see
 its ``members``: their loss is the mean of each member's loss on the same perturbed batch, each against that
 member's own clean prediction (see ``UAPAlgorithm.loss_and_fooled``). Members must share the dataset (the label
@@ -15,8 +15,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .errors import ParameterError
-from .models import Classifier, ModelSpec
+from ..errors import ParameterError
+from .spec import Classifier, ModelSpec
 
 SEPARATOR = ","
 
