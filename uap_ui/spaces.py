@@ -48,6 +48,8 @@ import streamlit as st
 
 from uap_core.errors import ImageSourceError, ParameterError
 from uap_core.library import CombinedLibrary, LibraryEntry, UAPLibrary, library_root, shipped_dir, shipped_library
+from uap_core.models.ensemble import member_names
+from uap_core.models.file import FILE_PREFIX
 
 from . import scheduler
 from .session import workspace_token
@@ -336,6 +338,14 @@ def check_path(path: str, default: str | None = None) -> None:
     if not path_allowed(path, access.folders):
         raise ImageSourceError(f"{path} is outside the folders this server shares; allowed: "
                                + ", ".join(str(f) for f in access.folders))
+
+
+def check_model_name(name: str) -> None:
+    """Raise ImageSourceError when this session may not read a classifier file that ``name`` names: a
+    ``file:PATH?…`` model, alone or as any member of an ensemble ``a,file:PATH,…``."""
+    for member in member_names(name):
+        if member.startswith(FILE_PREFIX):
+            check_path(member[len(FILE_PREFIX):].split("?", 1)[0])
 
 
 def upload_limit_mb() -> float:

@@ -71,8 +71,7 @@ def custom_model(key: str, persist: bool = True) -> ModelStatus:
         st.info("Type a model name to use your own classifier.", icon=":material/edit:")
         st.stop()
     try:
-        if text.startswith("file:"):
-            spaces.check_path(text[5:].split("?", 1)[0])
+        spaces.check_model_name(text)  # a file: model, alone or inside an ensemble
         status = cache.custom_model_status(text)
     except UAPError as exc:
         st.error(f"This model cannot be used: {exc}", icon=":material/error:")
