@@ -139,6 +139,71 @@ def test_uap_accumulates_only_for_unfooled_images_and_projects():
     assert stats["image_gradients"] % 3 == 0 and stats["image_gradients"] >= 3 * stats["deepfool_images"]
 
 
+def reference_uap_pass(weight, bias, std, x, clean, order, eps, norm, overshoot=0.02, max_iter=10, candidates=3):
+    """One pass of UAP over the images ``order`` (docs/algorithms.md, "uap"), written out for an affine classifier
+    f(x) = W (x − mean) / std + b, whose gradients are the rows of W / std: no autograd, no code of the method.
+
+    Returns (v, DeepFool iterations per visited image, images already fooled, images whose DeepFool converged)."""
+    logits_of = lambda image: weight @ ((image.flatten() - 0.5) / std) + bias  # noqa: E731
+    v = torch.zeros_like(x[0])
+    iterations_per_image, fooled, converged = [], 0, 0
+    for i in order:
+        image = (x[i] + v).clamp(0, 1)
+        top = logits_of(image).topk(candidates).indices
+        original = int(top[0])
+        r_total, perturbed, iterations = torch.zeros_like(image), image, 0
+        while int(logits_of(perturbed).argmax()) == original and iterations < max_iter:
+            logits = logits_of(perturbed)
+            w = torch.stack([(weight[k] - weight[original]) / std for k in top[1:]])  # w_k = ∇f_k − ∇f_orig
+            f = torch.stack([logits[k] - logits[original] for k in top[1:]])
+            l = int((f.abs() / w.norm(dim=1)).argmin())
+            r_total = r_total + ((f[l].abs() + 1e-4) / w[l].norm() ** 2 * w[l]).view_as(image)
+            perturbed = (image + (1 + overshoot) * r_total).clamp(0, 1)
+            iterations += 1
+        iterations_per_image.append(iterations)
+        if original != int(clean[i]):  # k(x_i + v) ≠ k(x_i): already fooled, v unchanged
+            fooled += 1
+        elif iterations < max_iter - 1:  # DeepFool converged: v = Project(v + dv)
+            converged += 1
+            v = v + (1 + overshoot) * r_total
+            v = v.clamp(-eps, eps) if norm == "linf" else v * min(1.0, eps / float(v.norm()))
+    return v, iterations_per_image, fooled, converged
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.03), ("l2", 0.06)])
+def test_uap_pass_equals_an_independent_reimplementation(norm, eps):
+    """The δ of a whole UAP pass equals the pass written out by hand above with the classifier's closed-form
+    gradients; so do the counters the step reports. 12 images near black and white (so the clamp to [0, 1] makes
+    DeepFool take up to 9 iterations) in a shuffled order: the pass skips a fooled image, accumulates converged
+    DeepFool steps, leaves out one that did not converge, and the projection binds."""
+    model = toy_model(classes=3, seed=7)
+    pixels = torch.randint(0, 256, (12, 3, 4, 4), generator=torch.Generator().manual_seed(7), dtype=torch.uint8)
+    pixels = torch.where(pixels > 128, pixels.clamp(min=235), pixels.clamp(max=20))
+    with torch.no_grad():
+        clean = model(pixels.float() / 255).argmax(1)
+    setup = AttackSetup(model, pixels, clean, eps, norm, None, torch.Generator().manual_seed(7))
+    cls = get_algorithm("uap")
+    algorithm = cls(setup, parse_params(cls.Params, {"images_per_step": 12, "num_candidates": 3}))
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(7))
+    x = setup.pixels.float() / 255
+    linear = model.network[1]
+    expected, iterations, fooled, converged = reference_uap_pass(linear.weight, linear.bias, 0.25, x,
+                                                                 setup.clean_labels, order.tolist(), eps, norm)
+    stats = algorithm.step(order)
+    assert fooled >= 1 and converged >= 2 and converged < 12 - fooled and max(iterations) > 1
+    size = expected.abs().max() if norm == "linf" else expected.norm()
+    assert float(size) == pytest.approx(eps, rel=1e-5)  # the projection binds
+    assert torch.allclose(algorithm.delta, expected, rtol=1e-4, atol=1e-6)
+    assert stats["deepfool_converged"] == converged and stats["deepfool_images"] == 12 - fooled
+    assert stats["batch_fooling_ratio"] == pytest.approx(fooled / 12)
+    assert stats["image_gradients"] == 3 * sum(iterations)  # each DeepFool iteration: a backward over 3 copies
+    # end of the pass: the fit-set fooling ratio of the final δ, against the model's own predictions
+    algorithm.end_epoch()
+    with torch.no_grad():
+        reference_ratio = (model((x + expected).clamp(0, 1)).argmax(1) != setup.clean_labels).float().mean().item()
+    assert algorithm.last_fit_fooling_ratio == pytest.approx(reference_ratio)
+
+
 def test_params_validation_names_the_range():
     from uap_core.errors import ParameterError
 

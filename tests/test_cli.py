@@ -20,7 +20,8 @@ def test_generate_evaluate_transfer_on_cifar(cifar_npz, tmp_path):
     out = tmp_path / "uaps"
     done = cli("generate", "--model", "cifar_resnet20", "--algorithm", "sgd_uap", "--eps", "10/255",
                "--norm", "linf", "--images", str(cifar_npz), "--fit", "200", "--holdout", "200", "--seed", "3",
-               "--device", "cpu", "--epochs", "2", "--batch-size", "50", "--out", str(out), "--json")
+               "--device", "cpu", "--epochs", "2", "--batch-size", "50", "--step-size", "2/255", "--out", str(out),
+               "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     for key in ("fooling_ratio", "random_fooling_ratio", "dominant_label", "dominant_share", "seconds", "artifact"):
@@ -28,13 +29,17 @@ def test_generate_evaluate_transfer_on_cifar(cifar_npz, tmp_path):
     artifact = Path(summary["artifact"])
     assert artifact.exists() and artifact.with_suffix(".json").exists() and artifact.with_suffix(".png").exists()
     assert artifact.name == "cifar_resnet20_sgd_uap_linf_10_seed3.safetensors"
-    assert summary["heldout_images"] == 200 and 0 <= summary["fooling_ratio"] <= 1
+    assert summary["heldout_images"] == 200
+    # 8 steps of 2/255 (the default 1/255 leaves δ weaker than ±eps noise after 8 steps: 0.265 vs 0.415): measured
+    # 0.715 on the 200 held-out images against 0.415 for the run's own random ±eps noise
+    assert summary["fooling_ratio"] >= summary["random_fooling_ratio"] + 0.15, summary
 
     evaluated = cli("evaluate", "--uap", str(artifact), "--model", "cifar_resnet20", "--images", str(cifar_npz),
                     "--limit", "300", "--device", "cpu", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     measured = json.loads(evaluated.stdout)
-    assert measured["count"] == 300 and 0 <= measured["fooling_ratio"] <= 1 and "random_fooling_ratio" in measured
+    assert measured["count"] == 300
+    assert measured["fooling_ratio"] >= measured["random_fooling_ratio"] + 0.15, measured  # measured 0.787 vs 0.513
 
     # a second UAP to make the matrix 2 × 2
     other = tmp_path / "zero.safetensors"
@@ -46,7 +51,8 @@ def test_generate_evaluate_transfer_on_cifar(cifar_npz, tmp_path):
     matrix = json.loads(table.stdout)
     assert matrix["models"] == ["cifar_resnet20", "cifar_resnet56"]
     assert len(matrix["fooling_ratio"]) == 2 and matrix["fooling_ratio"][1] == [0.0, 0.0]  # zero δ fools nobody
-    assert matrix["fooling_ratio"][0][0] > 0
+    # the δ on its own model (the first 200 images; measured 0.78) beats random noise there (0.513 on the first 300)
+    assert matrix["fooling_ratio"][0][0] >= measured["random_fooling_ratio"] + 0.1, matrix
     text = cli("transfer", "--uap", str(artifact), "--models", "cifar_resnet20", "--images", str(cifar_npz),
                "--limit", "100", "--device", "cpu")
     assert text.returncode == 0 and "cifar_resnet20" in text.stdout

@@ -45,8 +45,9 @@ def test_race_preset_shows_sga_and_sgd_uap_apart_at_equal_cost(lite0):
     held-out fooling ratio (48 held-out crops) against 0.125 for random noise; SGD-UAP makes 63 sign steps, SGA 32 (each of SGA's steps aggregates 4 inner
     gradients of 5 crops). The adjacent-step gradient cosine is near zero for both at this scale (SGA 0.002,
     SGD-UAP −0.005 on average): the stability the SGA paper shows needs its batches of 250 images, so it is not
-    asserted here. Held to: both spend the same budget, both clearly beat random noise, and the two end at least
-    10 points apart (what the race is for)."""
+    asserted here. Held to what the race is documented to show (presets.race_config): both spend the same budget
+    (SGD-UAP in 63 steps, SGA in 32), both clearly beat random noise, and SGD-UAP ends ahead of SGA — each within
+    3 of the 48 crops (0.0625) of its measured figure, at least 4 crops (0.08) apart (measured: 6)."""
     results = {}
     for algorithm in ("sga", "sgd_uap"):
         config = race_config(algorithm, "cpu")
@@ -61,5 +62,10 @@ def test_race_preset_shows_sga_and_sgd_uap_apart_at_equal_cost(lite0):
         print(algorithm, result.evaluation.fooling_ratio, result.random_evaluation.fooling_ratio, result.steps, spent,
               cosine)
         assert result.reason == "budget" and RACE_BUDGET <= spent < RACE_BUDGET + 20
+        assert result.evaluation.count == 48
         assert result.evaluation.fooling_ratio >= 2 * result.random_evaluation.fooling_ratio
-    assert abs(results["sga"].evaluation.fooling_ratio - results["sgd_uap"].evaluation.fooling_ratio) >= 0.1
+        assert result.evaluation.fooling_ratio >= result.random_evaluation.fooling_ratio + 0.2
+    assert results["sgd_uap"].steps == 63 and results["sga"].steps == 32
+    sga, sgd_uap = (results[a].evaluation.fooling_ratio for a in ("sga", "sgd_uap"))
+    assert sgd_uap == pytest.approx(0.56, abs=0.0625) and sga == pytest.approx(0.44, abs=0.0625), (sgd_uap, sga)
+    assert sgd_uap - sga >= 0.08, (sgd_uap, sga)  # the documented order: SGD-UAP ahead at this budget

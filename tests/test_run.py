@@ -169,3 +169,62 @@ def test_keep_last_returns_the_final_delta_and_views_measure_held_out(cifar_conf
     photos = {name.rsplit("#", 1)[0] for name in run.holdout_set.names}
     assert len(photos) == 20 and not photos & set(run.fit_set.names)
     assert result.evaluation.fooling_ratio == evals[-1]["fooling_ratio"]  # the last evaluation, not redone
+
+
+def test_keep_best_chooses_delta_on_fit_images_only():
+    """keep="best" picks the step with the best *fit-set* fooling ratio, never one chosen on held-out images.
+
+    On the toy linear classifier (tests/toys.py): a first run records δ and the fit-set fooling ratio at every
+    step. The held-out images are then replaced by images that the δ of one other step fools and the δ of no other
+    step does (found among random images), so a choice made on held-out images — or on any mix of held-out and fit
+    figures — would return that step. A second run with the same fit images and seed follows the same trajectory
+    and must still return the fit-best δ."""
+    from toys import toy_model
+
+    from uap_core.images import ImageSet
+
+    fit, holdout = 40, 40
+    pixels = torch.randint(40, 216, (fit + holdout, 3, 4, 4), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    images = ImageSet(pixels, torch.zeros(fit + holdout, dtype=torch.long), [f"toy{i}" for i in range(fit + holdout)],
+                      source="toy")
+    config = RunConfig(model="cifar_resnet20", algorithm="sgd_uap", eps=0.15, images="toy", fit=fit, holdout=holdout,
+                       seed=0, device="cpu", params={"batch_size": 10, "step_size": 0.03}, epochs=3, eval_every=1)
+
+    def run_recording_deltas(image_set: ImageSet):
+        model = toy_model()
+        run = Run(config, model=model, images=image_set)
+        deltas: dict[int, torch.Tensor] = {}
+        result = run.run_to_end(lambda e: deltas.update({e.step: run.algorithm.delta.clone()}) if e.kind == "eval"
+                                else None)
+        evaluations = {e["step"]: e for e in result.history if e["kind"] == "eval"}
+        return model, result, deltas, evaluations
+
+    model, first, deltas, evaluations = run_recording_deltas(images)
+    steps = sorted(evaluations)
+    assert steps == list(range(1, 13))  # every step evaluated
+    fit_ratios = [evaluations[s]["fit_fooling_ratio"] for s in steps]
+    fit_best = steps[fit_ratios.index(max(fit_ratios))]  # the first step with the best fit-set fooling ratio
+    assert first.best_step == fit_best
+
+    # held-out images fooled by exactly one other step's δ
+    pool = torch.randint(0, 256, (50_000, 3, 4, 4), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    with torch.no_grad():
+        x = pool.float() / 255
+        clean = model(x).argmax(1)
+        fooled = torch.stack([model((x + deltas[s]).clamp(0, 1)).argmax(1) != clean for s in steps])
+    only = {s: fooled[i] & ~torch.cat([fooled[:i], fooled[i + 1:]]).any(0) for i, s in enumerate(steps)}
+    decoy = max((s for s in steps if s != fit_best), key=lambda s: int(only[s].sum()))
+    assert int(only[decoy].sum()) >= holdout
+    _fit_set, held_out = images.split(fit, holdout, 0)
+    positions = torch.tensor([images.names.index(name) for name in held_out.names])
+    crafted = ImageSet(pixels.clone(), images.labels, images.names, source="toy")
+    crafted.pixels[positions] = pool[only[decoy].nonzero()[:holdout, 0]]
+
+    _model, second, second_deltas, second_evaluations = run_recording_deltas(crafted)
+    assert [second_evaluations[s]["fit_fooling_ratio"] for s in steps] == fit_ratios  # the same trajectory
+    held_out_ratios = {s: second_evaluations[s]["fooling_ratio"] for s in steps}
+    assert held_out_ratios[decoy] >= 0.9 and max(r for s, r in held_out_ratios.items() if s != decoy) <= 0.1
+    assert second.best_step == fit_best != decoy
+    assert torch.equal(second.delta, second_deltas[fit_best])
+    assert second.evaluation.fooling_ratio == held_out_ratios[fit_best]

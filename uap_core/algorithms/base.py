@@ -22,6 +22,7 @@ from ..models.ensemble import members_of
 from ..errors import first_line
 from ..evaluation import autocast
 from ..models import Classifier
+from ..params import param
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,25 @@ class AttackSetup:
     compile: bool = False
     clean_logits: torch.Tensor | None = None
     shard: Shard | None = None
+
+
+@dataclass
+class GradientParams:
+    """The update and loss fields of the methods that ascend the clamped cross-entropy by sign steps (SGA,
+    SGD-UAP), as :meth:`UAPAlgorithm.step_size`, :meth:`~UAPAlgorithm.step_direction` and
+    :meth:`~UAPAlgorithm.loss_per_image` read them.
+
+    A method declares its batch fields in a dataclass of its own and lists it *after* this one among the bases —
+    ``class SGDUAPParams(GradientParams, SGDUAPBatches)`` — so its batch fields come first in forms and on the
+    command line (a dataclass orders its fields base-first along the reversed MRO; a field a subclass declares
+    again keeps its place and takes the new default and help).
+    """
+
+    step_size: float = param(None, "Step in pixel units (default 0.1·eps = 1/255 at eps 10/255).", 1e-6, 1.0)
+    beta: float = param(9.0, "Clamp of the cross-entropy loss (min(CE, beta)).", 1e-3, 1e3)
+    momentum: float = param(0.0, "Momentum (0 = off; 0.9 with v = 0.9 v + g/|g|_1 as an option).", 0.0, 0.999)
+    loss: str = param("ce", "Loss: clamped cross-entropy ('ce') or the clean label's negative logit.",
+                      choices=("ce", "logit"))
 
 
 FAMILIES = ("data-driven", "data-free", "generative")

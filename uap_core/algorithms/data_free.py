@@ -30,11 +30,13 @@ models apply ReLU functionally, so that variant cannot be hooked generically.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from .. import metrics
+from ..params import param
 from .activations import ActivationRecorder, StopForward, conv_layers
 from .adam import AdamUAPAlgorithm
 from .base import AttackSetup
@@ -43,8 +45,19 @@ SATURATION_MIN = 0.5  # official sat_min: halve only once more than half of δ i
 SATURATION_CHANGE = 1e-5  # official check: ... and the saturation changed by less than this since the last step
 
 
+@dataclass
+class DataFreeParams:
+    """What every data-free method's Params starts with: its length and Adam's learning rate (FFF's help; GD-UAP
+    and TRM-UAP declare a field again where their help says more, which keeps its place)."""
+
+    iterations: int = param(2000, "Adam updates of δ per epoch (a run is one epoch by default; the official run "
+                            "stops on a validation fooling ratio of real images instead).", 1, 1_000_000)
+    lr: float = param(0.1 / 255, "Adam learning rate in pixel units (official: 0.1 on the 0–255 scale = 0.1/255).",
+                      1e-7, 1.0)
+
+
 class DataFreeAdamUAP(AdamUAPAlgorithm):
-    """Base of GD-UAP, FFF and TRM-UAP. Params must have ``iterations`` and ``lr``.
+    """Base of GD-UAP, FFF and TRM-UAP; their Params derive from :class:`DataFreeParams` (``iterations``, ``lr``).
 
     Subclasses define :meth:`objective` (the ascended quantity over the recorded activations) and may override
     :meth:`prior_images` (default: none, δ alone), :meth:`recorded_layers` (default: every conv layer) and

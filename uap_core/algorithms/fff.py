@@ -27,15 +27,11 @@ from dataclasses import dataclass
 import torch
 
 from ..params import param
-from .data_free import DataFreeAdamUAP
+from .data_free import DataFreeAdamUAP, DataFreeParams
 
 
 @dataclass
-class FFFParams:
-    iterations: int = param(2000, "Adam updates of δ per epoch (a run is one epoch by default; the official run "
-                            "stops on a validation fooling ratio of real images instead).", 1, 1_000_000)
-    lr: float = param(0.1 / 255, "Adam learning rate in pixel units (official: 0.1 on the 0–255 scale = 0.1/255).",
-                      1e-7, 1.0)
+class FFFParams(DataFreeParams):
     halve_every: int = param(300, "Halve δ every this many iterations (official 300; 0 = never).", 0, 1_000_000)
 
 

@@ -40,19 +40,17 @@ from dataclasses import dataclass
 import torch
 
 from ..params import param
-from .data_free import DataFreeAdamUAP, log_l2
+from .data_free import DataFreeAdamUAP, DataFreeParams, log_l2
 from .priors import range_images
 
 PRIORS = ("none", "range", "data")
 
 
 @dataclass
-class GDUAPParams:
+class GDUAPParams(DataFreeParams):
     iterations: int = param(2000, "Adam updates of δ per epoch (a run is one epoch by default; the official run "
                             "stops on a validation fooling ratio of real images instead, typically after a few "
                             "thousand).", 1, 1_000_000)
-    lr: float = param(0.1 / 255, "Adam learning rate in pixel units (official: 0.1 on the 0–255 scale = 0.1/255).",
-                      1e-7, 1.0)
     prior: str = param("none", "What δ is added to: 'none' (δ alone, the official default), 'range' (Gaussian "
                        "noise images) or 'data' (the fit images: then GD-UAP is not data-free).",
                        choices=PRIORS)

@@ -32,19 +32,21 @@ import torch
 
 from .. import distributed
 from ..params import param
-from .base import UAPAlgorithm
+from .base import GradientParams, UAPAlgorithm
 
 
 @dataclass
-class SGAParams:
+class SGABatches:
     batch_size: int = param(250, "Outer batch B: images per aggregated update.", 1, 100_000)
     minibatch_size: int = param(10, "Inner mini-batch m: images per inner pre-search step.", 1, 10_000)
     inner_passes: int = param(4, "K: the inner steps cover the outer batch K times (K·B/m steps).", 1, 100)
-    step_size: float = param(None, "Step in pixel units (default 0.1·eps = 1/255 at eps 10/255).", 1e-6, 1.0)
-    beta: float = param(9.0, "Clamp of the cross-entropy loss (min(CE, beta)).", 1e-3, 1e3)
+
+
+@dataclass
+class SGAParams(GradientParams, SGABatches):
+    """B, m, K, then :class:`~.base.GradientParams`' step_size, beta, momentum (the outer update's), loss."""
+
     momentum: float = param(0.0, "Momentum of the outer update (0 = off, as the paper's default).", 0.0, 0.999)
-    loss: str = param("ce", "Loss: clamped cross-entropy ('ce') or the clean label's negative logit.",
-                      choices=("ce", "logit"))
 
 
 class SGA(UAPAlgorithm):

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 import torch
 
 from ..params import param
-from .base import UAPAlgorithm
+from .base import GradientParams, UAPAlgorithm
 
 
 @dataclass
-class SGDUAPParams:
+class SGDUAPBatches:
     batch_size: int = param(250, "Batch B: images per gradient step.", 1, 100_000)
-    step_size: float = param(None, "Step in pixel units (default 0.1·eps = 1/255 at eps 10/255).", 1e-6, 1.0)
-    beta: float = param(9.0, "Clamp of the cross-entropy loss (min(CE, beta)).", 1e-3, 1e3)
-    momentum: float = param(0.0, "Momentum (0 = off; 0.9 with v = 0.9 v + g/|g|_1 as an option).", 0.0, 0.999)
-    loss: str = param("ce", "Loss: clamped cross-entropy ('ce') or the clean label's negative logit.",
-                      choices=("ce", "logit"))
+
+
+@dataclass
+class SGDUAPParams(GradientParams, SGDUAPBatches):
+    """batch_size, then :class:`~.base.GradientParams`' step_size, beta, momentum, loss."""
 
 
 class SGDUAP(UAPAlgorithm):

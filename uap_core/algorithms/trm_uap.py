@@ -54,16 +54,14 @@ import torch
 from ..errors import ParameterError
 from ..params import param
 from .activations import conv_layers
-from .data_free import DataFreeAdamUAP, log_l2, truncate
+from .data_free import DataFreeAdamUAP, DataFreeParams, log_l2, truncate
 from .priors import gaussian_images, jigsaw_images, trm_gauss_curriculum, trm_jigsaw_curriculum
 
 TINY = 1e-9  # official: inside every log
 
 
 @dataclass
-class TRMUAPParams:
-    iterations: int = param(2000, "Adam updates of δ per epoch (a run is one epoch by default; the official run "
-                            "stops on a validation fooling ratio of real images instead).", 1, 1_000_000)
+class TRMUAPParams(DataFreeParams):
     lr: float = param(0.1 / 255, "Adam learning rate in pixel units (GD-UAP's official 0.1 on the 0–255 scale).",
                       1e-7, 1.0)
     prior: str = param("gauss", "Artificial images δ is added to: 'gauss' (Gaussian noise, the official default), "
