@@ -143,7 +143,8 @@ def reference_uap_pass(weight, bias, std, x, clean, order, eps, norm, overshoot=
     """One pass of UAP over the images ``order`` (docs/algorithms.md, "uap"), written out for an affine classifier
     f(x) = W (x − mean) / std + b, whose gradients are the rows of W / std: no autograd, no code of the method.
 
-    Returns (v, DeepFool iterations per visited image, images already fooled, images whose DeepFool converged)."""
+    Returns (v, DeepFool iterations per visited image (0 for a fooled one), images already fooled, images whose
+    DeepFool converged)."""
     logits_of = lambda image: weight @ ((image.flatten() - 0.5) / std) + bias  # noqa: E731
     v = torch.zeros_like(x[0])
     iterations_per_image, fooled, converged = [], 0, 0
@@ -152,7 +153,8 @@ def reference_uap_pass(weight, bias, std, x, clean, order, eps, norm, overshoot=
         top = logits_of(image).topk(candidates).indices
         original = int(top[0])
         r_total, perturbed, iterations = torch.zeros_like(image), image, 0
-        while int(logits_of(perturbed).argmax()) == original and iterations < max_iter:
+        while original == int(clean[i]) and int(logits_of(perturbed).argmax()) == original and iterations < max_iter:
+            # (a fooled image, k(x_i + v) ≠ k(x_i), runs no DeepFool: the pseudocode's "if" comes first)
             logits = logits_of(perturbed)
             w = torch.stack([(weight[k] - weight[original]) / std for k in top[1:]])  # w_k = ∇f_k − ∇f_orig
             f = torch.stack([logits[k] - logits[original] for k in top[1:]])
@@ -191,6 +193,7 @@ def test_uap_pass_equals_an_independent_reimplementation(norm, eps):
                                                                  setup.clean_labels, order.tolist(), eps, norm)
     stats = algorithm.step(order)
     assert fooled >= 1 and converged >= 2 and converged < 12 - fooled and max(iterations) > 1
+    assert iterations.count(0) == fooled  # no gradient spent on an image already fooled
     size = expected.abs().max() if norm == "linf" else expected.norm()
     assert float(size) == pytest.approx(eps, rel=1e-5)  # the projection binds
     assert torch.allclose(algorithm.delta, expected, rtol=1e-4, atol=1e-6)

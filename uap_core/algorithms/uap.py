@@ -57,9 +57,10 @@ class UAP(UAPAlgorithm):
         already_fooled = converged = attempted = spent = 0
         for index in indices.tolist():
             x = self.images(torch.tensor([index], device=self.device))
-            dv, iterations, label = self.deepfool(x, self.delta)
+            clean_label = int(self.setup.clean_labels[index])
+            dv, iterations, label = self.deepfool(x, self.delta, stop_unless=clean_label)
             spent += iterations * self.params.num_candidates  # each iteration: a backward over that many copies
-            if label != int(self.setup.clean_labels[index]):
+            if label != clean_label:
                 already_fooled += 1
                 continue
             attempted += 1
@@ -77,10 +78,13 @@ class UAP(UAPAlgorithm):
         stats.update(self.delta_statistics())
         return stats
 
-    def deepfool(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    def deepfool(self, x: torch.Tensor, v: torch.Tensor, stop_unless: int | None = None
+                 ) -> tuple[torch.Tensor, int, int]:
         """DeepFool (Moosavi-Dezfooli et al. 2016) on the image clamp(x + v), as the official code runs it.
 
         x: (1, 3, H, W) in [0, 1]. Returns ((1 + overshoot) · r_total, iterations used, label of x + v).
+        stop_unless: a label; when clamp(x + v) is not classified as it (the image is fooled already: the UAP pass
+        skips it), return after the first forward pass with 0 iterations — no gradient is spent on it.
         Each iteration computes the gradients of the top ``num_candidates`` logits in one backward pass over
         that many copies of the image.
         """
@@ -98,6 +102,8 @@ class UAP(UAPAlgorithm):
             if candidates is None:
                 candidates = logits[0].topk(min(count, logits.shape[1])).indices
                 label = int(candidates[0])
+                if stop_unless is not None and label != stop_unless:
+                    break
             if int(logits[0].argmax()) != label or iterations >= self.params.max_iter:
                 break
             chosen = logits[torch.arange(len(candidates), device=self.device), candidates]
