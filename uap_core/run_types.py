@@ -6,24 +6,27 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import distributed
-from .algorithms import get_algorithm
+from .algorithms import ALGORITHMS, get_algorithm
 from .errors import ParameterError
 from .evaluation import Evaluation
 from .images import STREAM_CHOICES
 from .jsonable import jsonable
 from .models import get_spec, resolve_device
-from .params import check_range, parse_number, parse_params
+from .params import check_range, describe, param, parse_params, parse_value
 
 NORMS = ("linf", "l2")
 KEEP = ("best", "last")
 COMPILE = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MODEL_HELP = ("a name from list-models; several joined by commas (an ensemble); timm:ARCH (any timm model, "
+              "e.g. timm:convnext_tiny); or file:PATH?size=224&mean=a/b/c&std=a/b/c (your TorchScript or "
+              "torch.export classifier)")
 
 
 @dataclass
@@ -54,54 +57,73 @@ class RunConfig:
     the held-out ones; only SGA and SGD-UAP run that way (see ``uap_core.distributed``).
     """
 
-    model: str = "efficientnet_lite0"
-    algorithm: str = "sga"
-    eps: float | str = 10 / 255
-    norm: str = "linf"
-    target: int | None = None
-    images: str = "samples"
-    fit: int | None = None
-    holdout: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    epochs: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    eval_every: int | None = None
-    precision: str = "auto"
-    input_size: int | None = None
-    weights: str | None = None
-    max_seconds: float | None = None
-    augment: int = 0
-    holdout_views: int = 0
-    keep: str = "best"
-    compile: str = "auto"
-    max_image_gradients: int | None = None
-    stream: str = "off"
-    workers: int | None = None
+    model: str = param("efficientnet_lite0", MODEL_HELP, form=False)
+    algorithm: str = param("sga", "", choices=tuple(ALGORITHMS), form=False)
+    eps: float | str = param(10 / 255, "budget in pixel units; n/255 accepted", form=False)  # range: by the norm
+    norm: str = param("linf", "", choices=NORMS, form=False)
+    target: int | None = param(None, "target class index (targeted attack)", form=False)  # range: the classes
+    images: str = param("samples", "'samples', a folder, a .npz or an image file", form=False)
+    fit: int | None = param(None, "images to fit δ on (default: half)", 1, 100_000_000,
+                            label="Fit images (0 = half)", hint="Images δ is fitted on; the rest are held out.")
+    holdout: int | None = param(None, "held-out images to measure on (default: the rest)", 1, 100_000_000, form=False)
+    augment: int = param(0, "fit on this many random crop/flip views of each fit image (default 0: off; for a few "
+                            "dozen images)", 0, 64, label="Fit on n crops of each image (0 = off)",
+                         hint="Random crop + flip views of every fit image instead of the image: for a few dozen "
+                              "images, where δ otherwise learns the photos, not the model.")
+    holdout_views: int = param(0, "measure on this many random crop/flip views of each held-out image (default 0: the "
+                                  "images themselves)", 0, 64,
+                               label="Measure on n crops of each held-out image (0 = off)",
+                               hint="Finer, steadier fooling ratios from a handful of held-out photos.")
+    compile: str = param("auto", "capture the SGA / SGD-UAP gradient step with torch.compile, on CUDA as CUDA graphs "
+                                 "(auto: on CUDA only)", choices=COMPILE, label="Compile the step",
+                         hint="torch.compile of the SGA / SGD-UAP gradient step; on a GPU it runs as CUDA graphs. "
+                              "auto: on for CUDA, off on the CPU (compiling takes about a minute there).")
+    keep: str = param("best", "return the δ with the best fit-set fooling ratio at the evaluations, or the last",
+                      choices=KEEP, choice_labels={"best": "best δ (fit-set fooling ratio)", "last": "last δ"},
+                      hint="best: the δ with the highest fooling ratio on the fit images at the evaluations (never "
+                           "chosen on held-out images). last: the final δ; skips the fit-set evaluations, so short "
+                           "runs go faster.")
+    seed: int = param(0, "", 0, 2**63 - 1, form=False)
+    device: str = param("auto", "cpu, cuda or auto", form=False)
+    epochs: int | None = param(None, "passes over the fit set (default: the algorithm's)", 1, 100_000_000,
+                               label="Epochs (0 = the algorithm's)",
+                               hint="Passes over the fit images (UAP: passes of DeepFool accumulation).")
+    eval_every: int | None = param(None, "steps between held-out evaluations", 1, 100_000_000,
+                                   label="Evaluate every n steps (0 = auto)",
+                                   hint="Held-out evaluations; auto gives about 20 per run.")
+    precision: str = param("auto", "", choices=PRECISIONS, hint="auto: bf16/fp16 on a GPU, fp32 on the CPU.")
+    input_size: int | None = param(None, "override the model's input size (pixels)", 16, 100_000_000,
+                                   label="Input size (0 = the model's)",
+                                   hint="Smaller inputs run faster on a CPU (the model still works, less well).")
+    weights: str | None = param(None, "a local weights file for the model", form=False)
+    max_seconds: float | None = param(None, "stop after this many seconds (keeps the best δ)", 0.0,
+                                      exclusive_min=True, label="Time limit, s (0 = none)", step=10,
+                                      hint="Stop after this long, keeping the δ so far.")
+    max_image_gradients: int | None = param(
+        None, "a fair budget across methods: stop once the steps cost this many image-gradients (forward + backward "
+              "over one image); without --epochs, as many epochs as it takes", 1, 100_000_000,
+        label="Budget, image-gradients (0 = by epochs)", step=100,
+        hint="Stop once the steps have cost this many forward + backward passes over single images: equal budgets "
+             "compare methods at equal cost.")
+    # the algorithm's own hyperparameters: its Params class declares them (their own options and form)
+    params: dict[str, Any] = param({}, "the algorithm's hyperparameters", cli=False, form=False)
+    # shared with evaluate and transfer: the command line's streaming options (uap_core.__main__)
+    stream: str = param("off", "read the held-out images from disk batch by batch", choices=STREAM_CHOICES, cli=False,
+                        form=False)
+    workers: int | None = param(None, "DataLoader processes decoding a streamed set", 0, 64, cli=False, form=False)
 
     def validated(self) -> "RunConfig":
-        """A copy with eps parsed and every field checked; ParameterError names the allowed range."""
-        cfg = dataclasses.replace(self, params=dict(self.params))
-        cfg.eps = parse_number(cfg.eps, "eps")
-        check_range("eps", cfg.eps, 0.0, 1.0, exclusive_min=True) if cfg.norm == "linf" else \
-            check_range("eps", cfg.eps, 0.0, 1000.0, exclusive_min=True)
-        if cfg.norm not in NORMS:
-            raise ParameterError(f"norm {cfg.norm!r} is not allowed; choose one of {', '.join(NORMS)}")
-        if cfg.compile not in COMPILE:
-            raise ParameterError(f"compile {cfg.compile!r} is not allowed; choose one of {', '.join(COMPILE)}")
-        if cfg.keep not in KEEP:
-            raise ParameterError(f"keep {cfg.keep!r} is not allowed; choose one of {', '.join(KEEP)}")
-        if cfg.stream not in STREAM_CHOICES:
-            raise ParameterError(f"stream {cfg.stream!r} is not allowed; choose one of {', '.join(STREAM_CHOICES)}")
-        if cfg.workers is not None:
-            workers = parse_number(cfg.workers, "workers")
-            check_range("workers", workers, 0, 64)
-            if workers != int(workers):
-                raise ParameterError(f"workers must be a whole number, got {cfg.workers!r}")
-            cfg.workers = int(workers)
-        if cfg.precision not in PRECISIONS:
-            raise ParameterError(f"precision {cfg.precision!r} is not allowed; choose one of {', '.join(PRECISIONS)}")
-        algorithm = get_algorithm(cfg.algorithm)
+        """A copy with every declared field parsed and checked (eps and the counts from strings too), then the
+        checks across fields; ParameterError names the allowed range. The free-text fields (model, images, device,
+        weights) are checked where they are resolved: the model registry, the image loaders, the device."""
+        cfg = dataclasses.replace(self)
+        algorithm = get_algorithm(cfg.algorithm)  # first: the registry's message names the known methods
+        for spec in describe(RunConfig):
+            value = getattr(cfg, spec["name"])
+            if (value is None and spec["optional"]) or (spec["type"] == "str" and not spec["choices"]):
+                continue
+            setattr(cfg, spec["name"], parse_value(spec, value))
+        check_range("eps", cfg.eps, 0.0, 1.0 if cfg.norm == "linf" else 1000.0, exclusive_min=True)
         if distributed.is_active() and not algorithm.supports_distributed:
             raise ParameterError(f"{cfg.algorithm} runs in one process only; under torchrun use sga or sgd_uap")
         spec = get_spec(cfg.model)
@@ -112,27 +134,7 @@ class RunConfig:
         if cfg.target is not None:
             if not algorithm.supports_targeted:
                 raise ParameterError(f"{cfg.algorithm} is untargeted only; leave the target class empty")
-            cfg.target = int(parse_number(cfg.target, "target"))
             check_range("target class", cfg.target, 0, spec.num_classes - 1)
-        for name in ("fit", "holdout", "epochs", "eval_every", "input_size", "max_image_gradients"):
-            value = getattr(cfg, name)
-            if value is not None:
-                number = parse_number(value, name)
-                if number != int(number):
-                    raise ParameterError(f"{name} must be a whole number, got {value!r}")
-                check_range(name, number, 16 if name == "input_size" else 1, 100_000_000)
-                setattr(cfg, name, int(number))
-        for name in ("augment", "holdout_views"):
-            value = parse_number(getattr(cfg, name), name)
-            check_range(name, value, 0, 64)
-            if value != int(value):
-                raise ParameterError(f"{name} must be a whole number, got {getattr(self, name)!r}")
-            setattr(cfg, name, int(value))
-        cfg.seed = int(parse_number(cfg.seed, "seed"))
-        check_range("seed", cfg.seed, 0, 2**63 - 1)
-        if cfg.max_seconds is not None:
-            cfg.max_seconds = parse_number(cfg.max_seconds, "max_seconds")
-            check_range("max_seconds", cfg.max_seconds, 0.0, None, exclusive_min=True)
         resolve_device(cfg.device)
         return cfg
 
