@@ -71,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scale_options(generate, "the held-out images")
     hyper = generate.add_argument_group("algorithm hyperparameters (paper defaults when omitted)")
     for name, field in _algorithm_options().items():
-        hyper.add_argument("--" + name.replace("_", "-"), dest=f"param_{name}", default=None,
-                           help=field["help_text"])
+        hyper.add_argument(field["flag"], dest=f"param_{name}", default=None, help=field["help_text"])
 
     evaluate = commands.add_parser("evaluate", help="measure a saved UAP on a model and images")
     evaluate.add_argument("--uap", required=True)
@@ -322,7 +321,7 @@ def _add_study_parser(commands: Any) -> None:
         sub = names.add_parser(name, help=cls.summary,
                                description=f"{cls.title}. {cls.summary} ({cls.paper})".replace("%", "%%"))
         group = sub.add_argument_group("settings (lists comma-separated; defaults as shown)")
-        for spec in describe(cls.Settings):
+        for spec in (spec for spec in describe(cls.Settings) if spec["cli"]):
             if spec["name"] in STUDY_OPTIONS:
                 raise ValueError(f"study {name}: the setting {spec['name']!r} clashes with the option --{spec['name']}")
             extra = f"; one of {', '.join(map(str, spec['choices']))}" if spec.get("choices") else ""

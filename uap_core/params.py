@@ -135,6 +135,9 @@ def _parse_scalar(spec: dict, raw: Any, kind: str) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise ParameterError(f"{name} must be true or false, got {raw!r}")
+    if kind == "int" and isinstance(raw, int) and not isinstance(raw, bool):
+        check_range(name, raw, spec.get("min"), spec.get("max"), spec.get("exclusive_min", False))
+        return raw  # exact (a float holds whole numbers exactly only up to 2^53)
     number = parse_number(raw, name)
     if kind == "int":
         if number != int(number):

@@ -325,7 +325,7 @@ def algorithm_params(algorithm: str, eps_255: float, prefix: str, persist: bool 
                                       persist_state=keep)
                 if chosen != default:
                     values[name] = chosen
-            elif field["type"] in (int, "int"):
+            elif field["type"] == "int":
                 chosen = st.number_input(label, min_value=int(field["min"]) if field["min"] is not None else None,
                                          max_value=int(field["max"]) if field["max"] is not None else None,
                                          value=None if default is None else int(default), step=1, key=key,
