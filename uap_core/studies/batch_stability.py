@@ -59,9 +59,9 @@ import torch
 
 from ..errors import ParameterError
 from ..models import get_spec, resolve_device
-from . import figures
 from ..params import param
 from ..run_types import NORMS
+from . import figures
 from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split
 
 SPLIT_SEED = 12345  # the fit / held-out split: the same for every configuration and seed

@@ -68,8 +68,8 @@ from ..errors import ArtifactError, ParameterError
 from ..evaluation import predict_logits
 from ..images import ImageSet, load_images
 from ..models import Classifier, get_spec, load_model, resolve_device
-from ..run import Run, RunConfig, prepare_model
 from ..params import param
+from ..run import Run, RunConfig, prepare_model
 from ..run_types import NORMS
 from .base import CIFAR_TEST_IMAGES, Study, StudyResult
 
@@ -155,7 +155,7 @@ class DominantLabelsSettings:
     model: str = param("cifar_resnet20", "Model (registry name).")
     images: str = param(CIFAR_TEST_IMAGES, "Image source: a .npz, a folder or 'samples'.")
     uap: str = param("", "A saved UAP: a file path, a library entry name or 'shipped: <name>'. Empty: fit one "
-                             "here with `method`.")
+                         "here with `method`.")
     method: str = param("sga", "Method that fits the UAP when `uap` is empty.", choices=tuple(ALGORITHMS))
     eps: float = param(8 / 255, "Budget of the fitted UAP in pixel units (8/255 L∞ is CIFAR's usual).", 1e-6,
                        1000.0)

@@ -72,8 +72,8 @@ from ..algorithms import ALGORITHMS
 from ..errors import ParameterError
 from ..evaluation import evaluate, predict_labels
 from ..models import Classifier, _find_weights, get_spec, resolve_device, weights_dirs
-from ..run import Run, RunConfig
 from ..params import param
+from ..run import Run, RunConfig
 from ..run_types import NORMS
 from .base import CIFAR_TEST_IMAGES, SHARED_DIR, Study, StudyResult
 from .dominant_labels import check_model, check_split, fit_uap, load_model_and_images, method_params, random_like

@@ -69,9 +69,9 @@ from ..algorithms import ALGORITHMS
 from ..ensemble import member_names
 from ..errors import ParameterError
 from ..models import get_spec, resolve_device
-from . import figures
 from ..params import param
 from ..run_types import NORMS
+from . import figures
 from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split
 
 SPLIT_SEED = 12345
