@@ -362,8 +362,8 @@ def settings_form(settings_class: type, prefix: str, columns: int = 4, keys: dic
 
 def setting_input(spec: dict[str, Any], key: str, default: Any, persist: bool = True) -> Any:
     """The input of one declared setting (a ``describe`` entry): a select box for choices (their
-    ``choice_labels``), else a number input; an optional number (None allowed) shows None as 0 and returns None
-    for 0."""
+    ``choice_labels``), a check box for a bool, a text field for text (empty: None), else a number input; an
+    optional number (None allowed) shows None as 0 and returns None for 0."""
     keep = "session" if persist else None
     label = spec["label"][:1].upper() + spec["label"][1:]
     if spec["choices"]:
@@ -371,6 +371,11 @@ def setting_input(spec: dict[str, Any], key: str, default: Any, persist: bool = 
         shown = spec["choice_labels"] or {}
         return st.selectbox(label, options, index=options.index(default), key=key, help=spec["hint"],
                             format_func=lambda option: shown.get(option, str(option)), persist_state=keep)
+    if spec["type"] == "bool":
+        return st.checkbox(label, value=bool(default), key=key, help=spec["hint"], persist_state=keep)
+    if spec["type"] not in ("int", "float"):
+        return st.text_input(label, value="" if default is None else str(default), key=key, help=spec["hint"],
+                             persist_state=keep).strip() or None
     whole = spec["type"] == "int"
     number = int if whole else float
     low = 0 if spec["optional"] or spec["min"] is None else spec["min"]
