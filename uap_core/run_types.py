@@ -13,6 +13,7 @@ import torch
 
 from . import distributed
 from .algorithms import ALGORITHMS, get_algorithm
+from .artifacts import NORMS  # the norms δ can have (and an artifact records)
 from .errors import ParameterError
 from .evaluation import Evaluation
 from .images import STREAM_CHOICES
@@ -20,7 +21,6 @@ from .jsonable import jsonable
 from .models import get_spec, resolve_device
 from .params import check_range, describe, param, parse_params, parse_value
 
-NORMS = ("linf", "l2")
 KEEP = ("best", "last")
 COMPILE = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
