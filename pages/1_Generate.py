@@ -8,7 +8,7 @@ import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 
 from uap_core.algorithms import ALGORITHMS
 from uap_core.presets import RACE_BUDGET, race_config
-from uap_core.run import COMPILE, KEEP, PRECISIONS, RunConfig
+from uap_core.run import NORMS, RunConfig
 from uap_ui import charts, runview, widgets
 from uap_ui.jobs import Workspace, run_label, short_algorithm_name
 from uap_ui.page import setup_page
@@ -43,7 +43,7 @@ with st.container(border=True):
                                       "(held-out images still measure them); generative ones train a network "
                                       "whose output is δ.")
         st.caption(widgets.method_caption(algorithm))
-        norm = st.radio("Norm", ["linf", "l2"], key="gen_norm", horizontal=True, persist_state="session",
+        norm = st.radio("Norm", list(NORMS), key="gen_norm", horizontal=True, persist_state="session",
                         format_func={"linf": "L∞", "l2": "L2"}.get)
         eps_255 = widgets.eps_input("gen", norm)
         target = widgets.target_picker("gen_target", status.spec.name, ALGORITHMS[algorithm].supports_targeted)
@@ -56,56 +56,17 @@ with st.container(border=True):
         device = widgets.device_picker("gen_device")
     with st.expander("Hyperparameters (paper defaults)"):
         params = widgets.algorithm_params(algorithm, eps_255, "gen")
-    with st.expander("Run settings"):
-        c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input("Epochs", min_value=1, max_value=100_000, value=ALGORITHMS[algorithm].default_epochs,
-                                 key=f"gen_epochs_{algorithm}", persist_state="session",
-                                 help="Passes over the fit images (UAP: passes of DeepFool accumulation).")
-        fit = c2.number_input("Fit images (0 = half)", min_value=0, value=0, step=1, key="gen_fit",
-                              persist_state="session", help="Images δ is fitted on; the rest are held out.")
-        eval_every = c3.number_input("Evaluate every n steps (0 = auto)", min_value=0, value=0, step=1,
-                                     key="gen_eval_every", persist_state="session",
-                                     help="Held-out evaluations; auto gives about 20 per run.")
-        input_size = c4.number_input("Input size (0 = the model's)", min_value=0, max_value=1024, value=0, step=1,
-                                     key="gen_input_size", persist_state="session",
-                                     help="Smaller inputs run faster on a CPU (the model still works, less well).")
-        c5, c6, c7, c8 = st.columns(4)
-        precision = c5.selectbox("Precision", list(PRECISIONS), key="gen_precision", persist_state="session",
-                                 help="auto: bf16/fp16 on a GPU, fp32 on the CPU.")
-        max_seconds = c6.number_input("Time limit, s (0 = none)", min_value=0, value=0, step=10,
-                                      key="gen_max_seconds", persist_state="session",
-                                      help="Stop after this long, keeping the δ so far.")
-        keep = c7.selectbox("Keep", list(KEEP), key="gen_keep", persist_state="session",
-                            format_func={"best": "best δ (fit-set fooling ratio)", "last": "last δ"}.get,
-                            help="best: the δ with the highest fooling ratio on the fit images at the evaluations "
-                                 "(never chosen on held-out images). last: the final δ; skips the fit-set "
-                                 "evaluations, so short runs go faster.")
-        compile_mode = c8.selectbox("Compile the step", list(COMPILE), key="gen_compile", persist_state="session",
-                                    help="torch.compile of the SGA / SGD-UAP gradient step; on a GPU it runs as "
-                                         "CUDA graphs. auto: on for CUDA, off on the CPU (compiling takes about "
-                                         "a minute there).")
-        c9, c10, c11, _ = st.columns(4)
-        augment = c9.number_input("Fit on n crops of each image (0 = off)", min_value=0, max_value=64, value=0,
-                                  step=1, key="gen_augment", persist_state="session",
-                                  help="Random crop + flip views of every fit image instead of the image: for a "
-                                       "few dozen images, where δ otherwise learns the photos, not the model.")
-        holdout_views = c10.number_input("Measure on n crops of each held-out image (0 = off)", min_value=0,
-                                         max_value=64, value=0, step=1, key="gen_holdout_views",
-                                         persist_state="session",
-                                         help="Finer, steadier fooling ratios from a handful of held-out photos.")
-        budget = c11.number_input("Budget, image-gradients (0 = by epochs)", min_value=0, value=0, step=100,
-                                  key="gen_budget", persist_state="session",
-                                  help="Stop once the steps have cost this many forward + backward passes over "
-                                       "single images: equal budgets compare methods at equal cost.")
+    with st.expander("Run settings"):  # every RunConfig setting declared for a form (uap_core.run_types)
+        run_settings = widgets.settings_form(RunConfig, "gen", keys={"epochs": f"gen_epochs_{algorithm}",
+                                                                     "max_image_gradients": "gen_budget"},
+                                             defaults={"epochs": ALGORITHMS[algorithm].default_epochs})
 
     def config_for(method: str, method_params: dict) -> RunConfig:
         return RunConfig(
             model=model_name, algorithm=method, eps=eps_255 / 255, norm=norm, target=target,
-            images=choice.source if choice.kind != "upload" else "uploads", fit=fit or None, seed=int(seed),
-            device=device, epochs=None if budget else int(epochs), params=method_params,
-            eval_every=eval_every or None, precision=precision, input_size=input_size or None,
-            max_seconds=max_seconds or None, keep=keep, compile=compile_mode, augment=int(augment),
-            holdout_views=int(holdout_views), max_image_gradients=int(budget) or None)
+            images=choice.source if choice.kind != "upload" else "uploads", seed=int(seed), device=device,
+            params=method_params, **{**run_settings, "epochs": None if run_settings["max_image_gradients"]
+                                     else run_settings["epochs"]})
 
     with st.expander("Race methods", expanded=False):
         r1, r2 = st.columns([3, 2])

@@ -110,3 +110,24 @@ def test_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
     assert main(["generate", "--out", str(tmp_path / "blocker" / "sub")]) == 2  # a parent that is a file
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "cannot create the output folder" in lines[0], lines
+
+
+def test_generate_options_are_the_declared_settings():
+    """generate's options come from RunConfig's declaration (flag, default, choices from the core's constants), and
+    the options left at their defaults make the default RunConfig."""
+    from uap_core.__main__ import build_parser
+    from uap_core.params import describe
+    from uap_core.run import NORMS, RunConfig
+
+    parser = build_parser()
+    generate = next(a for a in parser._actions if a.dest == "command").choices["generate"]
+    options = {action.dest: action for action in generate._actions}
+    declared = [spec for spec in describe(RunConfig) if spec["cli"]]
+    assert len(declared) == 21 and options["norm"].choices == list(NORMS)
+    for spec in declared:
+        assert options[spec["name"]].option_strings == [spec["flag"]]
+        assert options[spec["name"]].choices == (list(spec["choices"]) if spec["choices"] else None)
+    args = parser.parse_args(["generate"])
+    assert args.eps == "10/255"
+    from_cli = RunConfig(**{spec["name"]: getattr(args, spec["name"]) for spec in declared}).validated()
+    assert from_cli == RunConfig().validated()

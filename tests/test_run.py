@@ -1,6 +1,7 @@
 """The run interface: events, stop, out-of-memory, determinism, validation — on CIFAR ResNet-20 (fast)."""
 
 import json
+import re
 import threading
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from uap_core.artifacts import load_uap, save_uap
 from uap_core.errors import ParameterError
+from uap_core.params import describe
 from uap_core.run import Run, RunConfig
 
 
@@ -145,6 +147,27 @@ def test_out_of_memory_backs_off_then_stops_keeping_delta(cifar_config, monkeypa
 def test_bad_parameters_are_rejected_with_the_allowed_range(changes, message):
     with pytest.raises(ParameterError, match=message):
         Run(RunConfig(**changes))
+
+
+NUMERIC_SETTINGS = [spec for spec in describe(RunConfig) if spec["type"] in ("int", "float") and spec["max"]]
+
+
+@pytest.mark.parametrize("spec", NUMERIC_SETTINGS, ids=[spec["name"] for spec in NUMERIC_SETTINGS])
+def test_validation_follows_the_declared_ranges(spec):
+    """RunConfig.validated() checks every setting against its declaration (param(...)): the bounds themselves pass,
+    one past either bound is refused with the setting's name and its allowed range."""
+    name, low, high = spec["name"], spec["min"], spec["max"]
+    given = str(high) if high < 2**53 else high  # strings parsed, as from the CLI (as floats: exact below 2^53)
+    assert getattr(RunConfig(**{name: given}).validated(), name) == high
+    with pytest.raises(ParameterError, match=re.escape(f"{name} = {high + 1:g} is out of range; allowed [{low:g}, ")):
+        RunConfig(**{name: high + 1}).validated()
+    if low is not None:
+        assert getattr(RunConfig(**{name: low}).validated(), name) == low
+        with pytest.raises(ParameterError, match=re.escape(f"{name} = {low - 1:g} is out of range")):
+            RunConfig(**{name: low - 1}).validated()
+    if spec["type"] == "int":
+        with pytest.raises(ParameterError, match=f"{name} must be a whole number"):
+            RunConfig(**{name: low + 0.5}).validated()
 
 
 def test_too_many_images_requested(cifar_npz):

@@ -26,6 +26,7 @@ from .algorithms import ALGORITHMS
 from .errors import UAPError, first_line
 from .jsonable import jsonable
 from .params import describe
+from .run_types import MODEL_HELP, RunConfig
 
 EXIT_ERROR = 2
 
@@ -63,42 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="fit a UAP and save it",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    generate.add_argument("--model", default="efficientnet_lite0", help=MODEL_HELP)
-    generate.add_argument("--algorithm", default="sga", choices=list(ALGORITHMS))
-    generate.add_argument("--eps", default="10/255", help="budget in pixel units; n/255 accepted")
-    generate.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    generate.add_argument("--target", default=None, help="target class index (targeted attack)")
-    generate.add_argument("--images", default="samples", help="'samples', a folder, a .npz or an image file")
-    generate.add_argument("--fit", default=None, help="images to fit δ on (default: half)")
-    generate.add_argument("--holdout", default=None, help="held-out images to measure on (default: the rest)")
-    generate.add_argument("--augment", default=0, help="fit on this many random crop/flip views of each fit image "
-                                                       "(default 0: off; for a few dozen images)")
-    generate.add_argument("--holdout-views", default=0, help="measure on this many random crop/flip views of each "
-                                                             "held-out image (default 0: the images themselves)")
-    generate.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                          help="capture the SGA / SGD-UAP gradient step with torch.compile, on CUDA as CUDA graphs "
-                               "(auto: on CUDA only)")
-    generate.add_argument("--keep", default="best", choices=["best", "last"],
-                          help="return the δ with the best fit-set fooling ratio at the evaluations, or the last")
-    generate.add_argument("--seed", default=0)
-    generate.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    generate.add_argument("--epochs", default=None, help="passes over the fit set (default: the algorithm's)")
-    generate.add_argument("--eval-every", default=None, help="steps between held-out evaluations")
-    generate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    generate.add_argument("--input-size", default=None, help="override the model's input size (pixels)")
-    generate.add_argument("--weights", default=None, help="a local weights file for the model")
-    generate.add_argument("--max-seconds", default=None, help="stop after this many seconds (keeps the best δ)")
-    generate.add_argument("--max-image-gradients", default=None,
-                          help="a fair budget across methods: stop once the steps cost this many image-gradients "
-                               "(forward + backward over one image); without --epochs, as many epochs as it takes")
+    add_setting_options(generate, RunConfig)
     generate.add_argument("--out", default="uaps", help="folder for the .safetensors/.json/.png artifact")
     generate.add_argument("--name", default=None, help="artifact name (default: model_algorithm_norm_eps_seed)")
     generate.add_argument("--json", action="store_true", help="print one final JSON object on stdout")
     _add_scale_options(generate, "the held-out images")
     hyper = generate.add_argument_group("algorithm hyperparameters (paper defaults when omitted)")
     for name, field in _algorithm_options().items():
-        hyper.add_argument("--" + name.replace("_", "-"), dest=f"param_{name}", default=None,
-                           help=field["help_text"])
+        hyper.add_argument(field["flag"], dest=f"param_{name}", default=None, help=field["help_text"])
 
     evaluate = commands.add_parser("evaluate", help="measure a saved UAP on a model and images")
     evaluate.add_argument("--uap", required=True)
@@ -122,12 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def shown_default(value: Any) -> Any:
+    """A default as the command line shows it: a list comma-separated, a float that is k/255 as "k/255"."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float) and 0 < value < 1 and math.isclose(value * 255, round(value * 255)):
+        return f"{round(value * 255)}/255"
+    return value
+
+
+def add_setting_options(parser: Any, settings_class: type) -> None:
+    """One option per setting of ``settings_class`` its declaration puts on the command line (``param(cli=…)``):
+    its flag, default, choices and help (see uap_core.params); the value lands in ``args.<name>``."""
+    for spec in describe(settings_class):
+        if spec["cli"]:
+            parser.add_argument(spec["flag"], dest=spec["name"], default=shown_default(spec["default"]),
+                                choices=list(spec["choices"]) if spec["choices"] else None,
+                                help=spec["help"].replace("%", "%%") or None)
+
+
 def _add_scale_options(parser: argparse.ArgumentParser, what: str) -> None:
     """--stream and --workers (large image sets; see uap_core.images.ImageStream)."""
-    from .images import STREAM_ABOVE
+    from .images import STREAM_ABOVE, STREAM_CHOICES
 
     group = parser.add_argument_group("large image sets (streaming) and torchrun")
-    group.add_argument("--stream", default="auto", choices=["auto", "on", "off"],
+    group.add_argument("--stream", default="auto", choices=list(STREAM_CHOICES),
                        help=f"read {what} from disk batch by batch in DataLoader worker processes instead of decoding "
                             f"all of them first; the same results (auto: a folder of more than {STREAM_ABOVE} images)")
     group.add_argument("--workers", type=int, default=None,
@@ -157,11 +149,6 @@ def cmd_list_models(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_HELP = ("a name from list-models; several joined by commas (an ensemble); timm:ARCH (any timm model, "
-              "e.g. timm:convnext_tiny); or file:PATH?size=224&mean=a/b/c&std=a/b/c (your TorchScript or "
-              "torch.export classifier)")
-
-
 def _dynamic_forms() -> tuple[str, ...]:
     from .models import DYNAMIC_FORMS
 
@@ -181,7 +168,7 @@ def _progress(total: int, enabled: bool):
 def cmd_generate(args: argparse.Namespace) -> int:
     from .artifacts import save_uap
     from .library import safe_name
-    from .run import Run, RunConfig
+    from .run import Run
 
     chosen = ALGORITHMS[args.algorithm]
     allowed = {f["name"] for f in describe(chosen.Params)}
@@ -193,14 +180,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise UAPError(f"--{name.replace('_', '-')} does not apply to {args.algorithm}; its options: "
                                + ", ".join("--" + a.replace("_", "-") for a in sorted(allowed)))
             params[name] = value
-    config = RunConfig(model=args.model, algorithm=args.algorithm, eps=args.eps, norm=args.norm,
-                       target=args.target, images=args.images, fit=args.fit, holdout=args.holdout, seed=args.seed,
-                       device=args.device, epochs=args.epochs, params=params, eval_every=args.eval_every,
-                       precision=args.precision, input_size=args.input_size, weights=args.weights,
-                       max_seconds=args.max_seconds, augment=args.augment,
-                       holdout_views=args.holdout_views, keep=args.keep,
-                       compile=args.compile, max_image_gradients=args.max_image_gradients,
-                       stream=args.stream, workers=args.workers)
+    config = RunConfig(**{spec["name"]: getattr(args, spec["name"]) for spec in describe(RunConfig) if spec["cli"]},
+                       params=params, stream=args.stream, workers=args.workers)
     run = Run(config)
     main_rank = distributed.is_main()  # under torchrun only rank 0 prints and writes
     out = _output_folder(args.out) if main_rank else None  # checked before the run, so a bad --out costs no run
@@ -319,9 +300,9 @@ STUDY_OPTIONS = ("out", "json", "png")  # the study subcommand's own options: no
 
 def _add_study_parser(commands: Any) -> None:
     """``study NAME [--setting value …] --out DIR [--json]``: one sub-subparser per registered study, its options
-    built from the study's Settings (describe_settings); lists are comma-separated. ``study --list`` / ``study
+    built from the study's Settings (params.describe); lists are comma-separated. ``study --list`` / ``study
     list`` lists the studies."""
-    from .studies import _MODULES, describe_settings, get_study
+    from .studies import _MODULES, get_study
 
     study = commands.add_parser("study", help="run one of the papers' experiments and write its tables and figure",
                                 description="Run a study (a paper's experiment): progress on stderr; "
@@ -340,18 +321,15 @@ def _add_study_parser(commands: Any) -> None:
         sub = names.add_parser(name, help=cls.summary,
                                description=f"{cls.title}. {cls.summary} ({cls.paper})".replace("%", "%%"))
         group = sub.add_argument_group("settings (lists comma-separated; defaults as shown)")
-        for spec in describe_settings(cls.Settings):
+        for spec in (spec for spec in describe(cls.Settings) if spec["cli"]):
             if spec["name"] in STUDY_OPTIONS:
                 raise ValueError(f"study {name}: the setting {spec['name']!r} clashes with the option --{spec['name']}")
-            default = spec["default"]
-            shown = ",".join(map(str, default)) if isinstance(default, list) else default
-            if isinstance(default, float) and 0 < default < 1 and math.isclose(default * 255, round(default * 255)):
-                shown = f"{round(default * 255)}/255"
             extra = f"; one of {', '.join(map(str, spec['choices']))}" if spec.get("choices") else ""
-            group.add_argument("--" + spec["name"].replace("_", "-"), dest=f"setting_{spec['name']}", default=None,
+            group.add_argument(spec["flag"], dest=f"setting_{spec['name']}", default=None,
                                metavar=spec["type"].upper().replace("LIST[", "").replace("]", ",…")
                                if spec["type"].startswith("list[") else spec["type"].upper(),
-                               help=f"{spec['help']} (default {shown}{extra})".replace("%", "%%"))
+                               help=f"{spec['help']} (default {shown_default(spec['default'])}{extra})"
+                               .replace("%", "%%"))
         sub.add_argument("--out", default="studies", help="folder for the outputs (default: studies)")
         sub.add_argument("--json", action="store_true",
                          help="print one JSON object (summary, files) on stdout instead of the file list")

@@ -131,6 +131,14 @@ class _Undecodable(Exception):
     """Internal: the reason (without the file name) why bytes are not a usable image."""
 
 
+def model_geometry(input_size: int, resize_size: int, size: int | None = None) -> tuple[int, int]:
+    """(size, resize) in pixels of the images a model takes: the shorter side resized to ``resize``, then the centre
+    ``size``×``size`` square (torchvision's Resize + CenterCrop). ``input_size`` / ``resize_size``: the model's
+    (its ModelSpec's); ``size``: another input side (None: the model's), the resize scaled in proportion."""
+    size = size or input_size
+    return size, round(size * resize_size / input_size)
+
+
 def _check_sizes(size: int, resize: int, limit: int | None = None) -> None:
     if not (isinstance(size, int) and isinstance(resize, int) and 1 <= size <= resize):
         raise ParameterError(f"image size {size!r} and resize {resize!r} must be integers with 1 <= size <= resize")

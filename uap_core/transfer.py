@@ -17,10 +17,10 @@ import torch
 from . import distributed, metrics
 from .artifacts import UAPArtifact, resample_delta
 from .evaluation import evaluate, predict_many, summarise
-from .images import ImageSet, ImageStream, SkippedImage, load_images, open_stream, should_stream
+from .images import ImageSet, ImageStream, SkippedImage, load_images, model_geometry, open_stream, should_stream
 from .models import Classifier, load_model, resolve_device
 from .report import PerturbationReport, perturbation_report, report_from_evaluation
-from .run import choose_precision
+from .run_setup import choose_precision
 
 
 def images_for(model: Classifier, source: str, limit: int | None = None, input_size: int | None = None,
@@ -28,9 +28,9 @@ def images_for(model: Classifier, source: str, limit: int | None = None, input_s
     """Decode ``source`` at the model's input size and resize policy (stream: only list it, see
     :class:`ImageStream`)."""
     spec = model.spec
-    size = input_size or spec.input_size
+    size, resize = model_geometry(spec.input_size, spec.resize_size, input_size)
     load = open_stream if stream else load_images
-    return load(source, size, round(size * spec.resize_size / spec.input_size), list(spec.class_names), limit=limit)
+    return load(source, size, resize, list(spec.class_names), limit=limit)
 
 
 def evaluate_uap(artifact: UAPArtifact, model: Classifier, images: ImageSet | ImageStream, precision: str = "auto",

@@ -18,7 +18,7 @@ import torch
 
 from uap_core.models.ensemble import Ensemble, member_names
 from uap_core.evaluation import predict_logits
-from uap_core.images import ImageSet, load_images, load_uploads
+from uap_core.images import ImageSet, load_images, load_uploads, model_geometry
 from uap_core.models import Classifier, ModelStatus, get_spec, list_models, load_model, resolve_device
 from uap_core.models import model_status as core_model_status
 
@@ -59,8 +59,7 @@ def model(name: str, device: str = "auto") -> Classifier:
 def input_geometry(model_name: str, input_size: int | None = None) -> tuple[int, int]:
     """(size, resize) of the images a model takes (resize: the shorter side before the centre crop)."""
     spec = get_spec(model_name)
-    size = input_size or spec.input_size
-    return size, round(size * spec.resize_size / spec.input_size)
+    return model_geometry(spec.input_size, spec.resize_size, input_size)
 
 
 def folder_stamp(source: str) -> int:

@@ -1,4 +1,4 @@
-"""The Studies page's glue: a settings form built from a study's Settings (describe_settings), the study running as
+"""The Studies page's glue: a settings form built from a study's Settings (params.describe), the study running as
 a background :class:`~uap_ui.jobs.Task`, its tables as they arrive, its figure and downloads. No study math here.
 
 A running study is the workspace's task named :data:`TASK` (one study at a time per browser session). The task's
@@ -20,8 +20,9 @@ from typing import Any
 
 import streamlit as st
 
-from uap_core.studies import Study, StudyProgress, StudyResult, describe_settings, get_study
 from uap_core.jsonable import jsonable
+from uap_core.params import describe
+from uap_core.studies import Study, StudyProgress, StudyResult, get_study
 from uap_core.studies.base import table_csv
 
 from .jobs import Task, Workspace
@@ -115,10 +116,10 @@ def number_text(value: float) -> str:
 
 def settings_form(cls: type[Study], prefix: str) -> dict[str, Any]:
     """One widget per setting of ``cls.Settings`` (their help as tooltips), laid out in rows of COLUMNS; returns
-    the raw values (parse_settings validates them when the study is built). Lists without choices are
+    the raw values (uap_core.params.parse_params validates them when the study is built). Lists without choices are
     comma-separated text, lists with choices multiselects, floats text (n/255 accepted)."""
     values: dict[str, Any] = {}
-    specs = describe_settings(cls.Settings)
+    specs = [spec for spec in describe(cls.Settings) if spec["form"]]
     for start in range(0, len(specs), COLUMNS):
         columns = st.columns(COLUMNS)
         for column, spec in zip(columns, specs[start:start + COLUMNS]):
@@ -129,7 +130,7 @@ def settings_form(cls: type[Study], prefix: str) -> dict[str, Any]:
 
 def _widget(spec: dict[str, Any], key: str) -> Any:
     kind, default, choices = spec["type"], spec["default"], spec.get("choices")
-    label, help_text = spec["label"].capitalize(), spec["help"]
+    label, help_text = spec["label"].capitalize(), spec["hint"]
     if kind.startswith("list["):
         if choices:
             return st.multiselect(label, list(choices), default=[d for d in default if d in choices], key=key,
@@ -162,7 +163,7 @@ def check_paths(cls: type[Study], values: dict[str, Any]) -> None:
 
     from . import spaces
 
-    defaults = {spec["name"]: spec["default"] for spec in describe_settings(cls.Settings)}
+    defaults = {spec["name"]: spec["default"] for spec in describe(cls.Settings)}
     for name, value in values.items():
         texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
             if isinstance(value, (list, tuple)) else []

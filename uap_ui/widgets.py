@@ -324,7 +324,7 @@ def algorithm_params(algorithm: str, eps_255: float, prefix: str, persist: bool 
                                       persist_state=keep)
                 if chosen != default:
                     values[name] = chosen
-            elif field["type"] in (int, "int"):
+            elif field["type"] == "int":
                 chosen = st.number_input(label, min_value=int(field["min"]) if field["min"] is not None else None,
                                          max_value=int(field["max"]) if field["max"] is not None else None,
                                          value=None if default is None else int(default), step=1, key=key,
@@ -340,6 +340,51 @@ def algorithm_params(algorithm: str, eps_255: float, prefix: str, persist: bool 
                 if chosen is not None and chosen != default:
                     values[name] = float(chosen)
     return values
+
+
+def settings_form(settings_class: type, prefix: str, columns: int = 4, keys: dict[str, str] | None = None,
+                  defaults: dict[str, Any] | None = None, persist: bool = True) -> dict[str, Any]:
+    """One input per setting that ``settings_class`` declares for a form (``param(form=True)``, see
+    uap_core.params), in declaration order, in rows of ``columns``. ``keys`` / ``defaults``: a setting's widget key
+    / shown default instead of ``{prefix}_{name}`` / the declared one. Returns name → value."""
+    specs = [spec for spec in describe(settings_class) if spec["form"]]
+    keys, defaults = keys or {}, defaults or {}
+    values: dict[str, Any] = {}
+    for start in range(0, len(specs), columns):
+        for column, spec in zip(st.columns(columns), specs[start:start + columns]):
+            with column:
+                name = spec["name"]
+                values[name] = setting_input(spec, keys.get(name, f"{prefix}_{name}"),
+                                             defaults.get(name, spec["default"]), persist)
+    return values
+
+
+def setting_input(spec: dict[str, Any], key: str, default: Any, persist: bool = True) -> Any:
+    """The input of one declared setting (a ``describe`` entry): a select box for choices (their
+    ``choice_labels``), a check box for a bool, a text field for text (empty: None), else a number input; an
+    optional number (None allowed) shows None as 0 and returns None for 0."""
+    keep = "session" if persist else None
+    label = spec["label"][:1].upper() + spec["label"][1:]
+    if spec["choices"]:
+        options = list(spec["choices"])
+        shown = spec["choice_labels"] or {}
+        return st.selectbox(label, options, index=options.index(default), key=key, help=spec["hint"],
+                            format_func=lambda option: shown.get(option, str(option)), persist_state=keep)
+    if spec["type"] == "bool":
+        return st.checkbox(label, value=bool(default), key=key, help=spec["hint"], persist_state=keep)
+    if spec["type"] not in ("int", "float"):
+        return st.text_input(label, value="" if default is None else str(default), key=key, help=spec["hint"],
+                             persist_state=keep).strip() or None
+    whole = spec["type"] == "int"
+    number = int if whole else float
+    low = 0 if spec["optional"] or spec["min"] is None else spec["min"]
+    high = spec["max"]
+    step = spec["step"] or (1 if whole else 0.1)
+    chosen = st.number_input(label, min_value=number(low), max_value=None if high is None else number(high),
+                             value=number(default or 0), step=number(step), format="%d" if whole else "%g", key=key,
+                             help=spec["hint"], persist_state=keep)
+    chosen = number(chosen)
+    return (chosen or None) if spec["optional"] else chosen
 
 
 def target_picker(key: str, model_name: str, enabled: bool, persist: bool = True) -> int | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import ParameterError
-from .base import Study, StudyProgress, StudyResult, describe_settings, parse_settings, write_outputs
+from .base import Study, StudyProgress, StudyResult, write_outputs
 
 # module name == study name; the order is the order of the CLI's list and the page's picker
 _MODULES = ("images_needed", "batch_stability", "transfer_ensembles", "dominant_labels", "geometry", "finetune")
@@ -41,5 +41,4 @@ def get_study(name: str) -> type[Study]:
     return cls
 
 
-__all__ = ["Study", "StudyProgress", "StudyResult", "describe_settings", "get_study", "parse_settings",
-           "study_names", "write_outputs"]
+__all__ = ["Study", "StudyProgress", "StudyResult", "get_study", "study_names", "write_outputs"]

@@ -3,7 +3,8 @@
 A study is one module in ``uap_core/studies/`` holding
 
 - a ``Settings`` dataclass: every knob with its default (the papers' where they give one), declared with
-  :func:`setting` so the CLI builds its options and the page its form from it;
+  :func:`uap_core.params.param` so the CLI builds its options and the page its form from it (lists, e.g.
+  ``list[int]``, are given comma-separated; each element is checked against the range/choices);
 - a :class:`Study` subclass whose :meth:`Study.run` yields :class:`StudyProgress` as results arrive (rows of
   its table so far) and ends with :attr:`Study.result`, a :class:`StudyResult` of plain data;
 - a ``figure(result)`` staticmethod that builds the Plotly figure from that plain data alone (the CLI writes it
@@ -28,102 +29,13 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, get_args, get_origin, get_type_hints
+from typing import Any, Callable, ClassVar, Iterator
 
 from ..errors import ParameterError
 from ..jsonable import jsonable
-from ..params import check_range, parse_number
+from ..params import parse_params
 
 PROGRESS_SECONDS = 0.5  # at most this long between progress reports while a study fits a UAP
-
-
-def setting(default: Any, help: str, minimum: float | None = None, maximum: float | None = None,
-            choices: tuple | None = None, label: str | None = None) -> Any:
-    """A study setting: a dataclass field with its help text and allowed range/choices. Lists (``list[int]``,
-    ``list[str]``) take a default factory automatically; each element is checked against the range/choices."""
-    metadata = {"help": help, "min": minimum, "max": maximum, "choices": choices, "label": label}
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: list(default) if isinstance(default, list) else
-                                 dict(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def describe_settings(settings_class: type) -> list[dict]:
-    """One dict per setting: name, type ("int", "float", "str", "bool", "list[int]", "list[float]",
-    "list[str]"), default, help, min, max, choices, label."""
-    hints = get_type_hints(settings_class)
-    out = []
-    for f in dataclasses.fields(settings_class):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, **f.metadata,
-                    "label": f.metadata.get("label") or f.name.replace("_", " ")})
-    return out
-
-
-def _type_name(hint: Any) -> str:
-    origin = get_origin(hint)
-    if origin in (list, tuple):
-        (inner, *_) = get_args(hint) or (str,)
-        return f"list[{_type_name(inner)}]"
-    args = [a for a in get_args(hint) if a is not type(None)]
-    if args and origin is not None:  # Optional[X] / X | None
-        return _type_name(args[0])
-    return {int: "int", float: "float", str: "str", bool: "bool"}.get(hint, "str")
-
-
-def _parse_scalar(raw: Any, kind: str, name: str, spec: dict) -> Any:
-    if spec.get("choices"):
-        if raw not in spec["choices"]:
-            raise ParameterError(f"{name} = {raw!r} is not allowed; choose one of "
-                                 f"{', '.join(map(str, spec['choices']))}")
-        return raw
-    if kind == "str":
-        if not isinstance(raw, str) or not raw.strip():
-            raise ParameterError(f"{name} must be a non-empty text, got {raw!r}")
-        return raw.strip()
-    if kind == "bool":
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ParameterError(f"{name} must be true or false, got {raw!r}")
-    number = parse_number(raw, name)
-    if kind == "int":
-        if number != int(number):
-            raise ParameterError(f"{name} must be a whole number, got {raw!r}")
-        number = int(number)
-    check_range(name, number, spec.get("min"), spec.get("max"))
-    return number
-
-
-def parse_settings(settings_class: type, values: dict[str, Any] | None) -> Any:
-    """Validate ``values`` (missing keys take the defaults; lists may be given as "10,30,100" strings) into an
-    instance of ``settings_class``. Raises ParameterError naming the setting and the allowed values."""
-    values = dict(values or {})
-    specs = {s["name"]: s for s in describe_settings(settings_class)}
-    unknown = set(values) - set(specs)
-    if unknown:
-        raise ParameterError(f"unknown setting(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(specs))}")
-    parsed = {}
-    for name, raw in values.items():
-        if raw is None or raw == "":
-            continue
-        spec = specs[name]
-        kind = spec["type"]
-        if kind.startswith("list["):
-            inner = kind[5:-1]
-            items = [p for p in (raw.split(",") if isinstance(raw, str) else list(raw))]
-            items = [p.strip() if isinstance(p, str) else p for p in items]
-            items = [p for p in items if p != ""]
-            if not items:
-                raise ParameterError(f"{name} needs at least one value (comma-separated)")
-            parsed[name] = [_parse_scalar(p, inner, name, spec) for p in items]
-        else:
-            parsed[name] = _parse_scalar(raw, kind, name, spec)
-    return settings_class(**parsed)
 
 
 @dataclass
@@ -172,7 +84,7 @@ class Study:
 
     def __init__(self, settings: Any = None, device: str = "auto") -> None:
         if settings is None or isinstance(settings, dict):
-            settings = parse_settings(self.Settings, settings)
+            settings = parse_params(self.Settings, settings, noun="setting")
         if not isinstance(settings, self.Settings):
             raise ParameterError(f"{self.name} takes {self.Settings.__name__}, got {type(settings).__name__}")
         self.settings = settings

@@ -59,8 +59,10 @@ import torch
 
 from ..errors import ParameterError
 from ..models import get_spec, resolve_device
+from ..params import param
+from ..run_types import NORMS
 from . import figures
-from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split, setting
+from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split
 
 SPLIT_SEED = 12345  # the fit / held-out split: the same for every configuration and seed
 MAX_STEP_ROWS = 1000  # per run in the "steps" table (every k-th step beyond that; the run's means use them all)
@@ -68,22 +70,22 @@ MAX_STEP_ROWS = 1000  # per run in the "steps" table (every k-th step beyond tha
 
 @dataclass
 class Settings:
-    model: str = setting("cifar_resnet20", "Model to attack (a registry name; 'a,b' fits an ensemble).")
-    images: str = setting(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file or 'samples'.")
-    eps: float = setting(8 / 255, "Budget in pixel units; n/255 accepted.", 1e-6, 1000.0)
-    norm: str = setting("linf", "Norm of the budget (sign operations exist under L∞ only).", choices=("linf", "l2"))
-    fit: int = setting(1000, "Fit images (the same for every configuration).", 1, 10_000_000)
-    holdout: int = setting(1000, "Held-out images the fooling ratio is measured on.", 1, 10_000_000)
-    batch_sizes: list[int] = setting([10, 50, 250], "SGD-UAP batch sizes B (one run each).", 1, 100_000)
-    sga_batch: int = setting(250, "SGA's outer batch B (paper: 250).", 1, 100_000)
-    sga_minibatches: list[int] = setting([10], "SGA's inner mini-batch sizes m (one run each; paper: 10). Empty "
-                                               "is not allowed; compare SGD-UAP at B = m.", 1, 100_000)
-    inner_passes: int = setting(4, "SGA's K: the inner steps cover the outer batch K times (paper: 4).", 1, 100)
-    budget: int = setting(80_000, "Image-gradients per run (forward + backward over one image); 80,000 = SGA's 20 "
-                                  "epochs on 1,000 images.", 1, 10**10)
-    seeds: list[int] = setting([0], "Seeds (batch order and SGA's inner draws; the split stays fixed).", 0,
-                               2**31 - 1)
-    device: str = setting("auto", "cpu, cuda or auto (the GPU when there is one).")
+    model: str = param("cifar_resnet20", "Model to attack (a registry name; 'a,b' fits an ensemble).")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file or 'samples'.")
+    eps: float = param(8 / 255, "Budget in pixel units; n/255 accepted.", 1e-6, 1000.0)
+    norm: str = param("linf", "Norm of the budget (sign operations exist under L∞ only).", choices=NORMS)
+    fit: int = param(1000, "Fit images (the same for every configuration).", 1, 10_000_000)
+    holdout: int = param(1000, "Held-out images the fooling ratio is measured on.", 1, 10_000_000)
+    batch_sizes: list[int] = param([10, 50, 250], "SGD-UAP batch sizes B (one run each).", 1, 100_000)
+    sga_batch: int = param(250, "SGA's outer batch B (paper: 250).", 1, 100_000)
+    sga_minibatches: list[int] = param([10], "SGA's inner mini-batch sizes m (one run each; paper: 10). Empty "
+                                             "is not allowed; compare SGD-UAP at B = m.", 1, 100_000)
+    inner_passes: int = param(4, "SGA's K: the inner steps cover the outer batch K times (paper: 4).", 1, 100)
+    budget: int = param(80_000, "Image-gradients per run (forward + backward over one image); 80,000 = SGA's 20 "
+                                "epochs on 1,000 images.", 1, 10**10)
+    seeds: list[int] = param([0], "Seeds (batch order and SGA's inner draws; the split stays fixed).", 0,
+                             2**31 - 1)
+    device: str = param("auto", "cpu, cuda or auto (the GPU when there is one).")
 
 
 def _label(method: str, batch: int, minibatch: int | None) -> str:

@@ -68,8 +68,10 @@ from ..evaluation import predict_logits
 from ..images import ImageSet, load_images
 from ..library import CombinedLibrary, UAPLibrary, library_root, shipped_library
 from ..models import Classifier, get_spec, load_model, resolve_device
+from ..params import param
 from ..run import Run, RunConfig, prepare_model
-from .base import CIFAR_TEST_IMAGES, Study, StudyResult, setting
+from ..run_types import NORMS
+from .base import CIFAR_TEST_IMAGES, Study, StudyResult
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
@@ -143,22 +145,22 @@ def resolve_uap_path(value: str) -> Path:
 # ---------------------------------------------------------------------------------------------- the study
 @dataclass
 class DominantLabelsSettings:
-    model: str = setting("cifar_resnet20", "Model (registry name).")
-    images: str = setting(CIFAR_TEST_IMAGES, "Image source: a .npz, a folder or 'samples'.")
-    uap: str = setting("", "A saved UAP: a file path, a library entry name or 'shipped: <name>'. Empty: fit one "
-                               "here with `method`.")
-    method: str = setting("sga", "Method that fits the UAP when `uap` is empty.", choices=tuple(ALGORITHMS))
-    eps: float = setting(8 / 255, "Budget of the fitted UAP in pixel units (8/255 L∞ is CIFAR's usual).", 1e-6,
-                         1000.0)
-    norm: str = setting("linf", "Norm of the budget (also of a loaded UAP when its metadata says none).",
-                        choices=("linf", "l2"))
-    fit: int = setting(500, "Images the UAP is fitted on (ignored for a loaded UAP).", 1, 1_000_000)
-    holdout: int = setting(1000, "Held-out images every measure is taken on.", 1, 1_000_000)
-    epochs: int = setting(0, "Epochs of the fit (0: the method's default; SGA: 20).", 0, 10_000)
-    batch_size: int = setting(0, "Batch size of the fit (0: the method's default; SGA: 250).", 0, 100_000)
-    top_flows: int = setting(15, "Clean → perturbed flows drawn in the Sankey; the rest are grouped as 'other'.",
-                             1, 1000)
-    seed: int = setting(0, "Seed of the split, the fit and the random noise.", 0, 2**31 - 1)
+    model: str = param("cifar_resnet20", "Model (registry name).")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source: a .npz, a folder or 'samples'.")
+    uap: str = param("", "A saved UAP: a file path, a library entry name or 'shipped: <name>'. Empty: fit one "
+                         "here with `method`.")
+    method: str = param("sga", "Method that fits the UAP when `uap` is empty.", choices=tuple(ALGORITHMS))
+    eps: float = param(8 / 255, "Budget of the fitted UAP in pixel units (8/255 L∞ is CIFAR's usual).", 1e-6,
+                       1000.0)
+    norm: str = param("linf", "Norm of the budget (also of a loaded UAP when its metadata says none).",
+                      choices=NORMS)
+    fit: int = param(500, "Images the UAP is fitted on (ignored for a loaded UAP).", 1, 1_000_000)
+    holdout: int = param(1000, "Held-out images every measure is taken on.", 1, 1_000_000)
+    epochs: int = param(0, "Epochs of the fit (0: the method's default; SGA: 20).", 0, 10_000)
+    batch_size: int = param(0, "Batch size of the fit (0: the method's default; SGA: 250).", 0, 100_000)
+    top_flows: int = param(15, "Clean → perturbed flows drawn in the Sankey; the rest are grouped as 'other'.",
+                           1, 1000)
+    seed: int = param(0, "Seed of the split, the fit and the random noise.", 0, 2**31 - 1)
 
 
 class DominantLabels(Study):

@@ -72,37 +72,39 @@ from ..algorithms import ALGORITHMS
 from ..errors import ParameterError
 from ..evaluation import evaluate, predict_labels
 from ..models import Classifier, _find_weights, get_spec, resolve_device, weights_dirs
+from ..params import param
 from ..run import Run, RunConfig
-from .base import CIFAR_TEST_IMAGES, SHARED_DIR, Study, StudyResult, setting
+from ..run_types import NORMS
+from .base import CIFAR_TEST_IMAGES, SHARED_DIR, Study, StudyResult
 from .dominant_labels import check_model, check_split, fit_uap, load_model_and_images, method_params, random_like
 
 @dataclass
 class FinetuneSettings:
-    model: str = setting("cifar_resnet20", "Model (registry name) to fine-tune.")
-    images: str = setting(CIFAR_TEST_IMAGES, "Image source with labels: a .npz or a folder.")
-    train: int = setting(1000, "Images to fine-tune on (the pools are fitted on them too).", 1, 1_000_000)
-    fit: int = setting(500, "Images every attack UAP is fitted on (disjoint from train).", 1, 1_000_000)
-    holdout: int = setting(500, "Held-out images: fooling ratios and clean accuracy.", 1, 1_000_000)
-    method: str = setting("sga", "Method of every UAP (pool and attack); the paper's is uap.",
-                          choices=tuple(ALGORITHMS))
-    eps: float = setting(8 / 255, "Budget of every UAP in pixel units.", 1e-6, 1000.0)
-    norm: str = setting("linf", "Norm of the budget.", choices=("linf", "l2"))
-    uap_epochs: int = setting(5, "Epochs of each UAP fit (0: the method's default, SGA's 20; 5 epochs of SGA's "
-                                 "batch 250 on 500 images are the 10 sign steps δ needs to reach ±eps).", 0, 10_000)
-    uap_batch_size: int = setting(0, "Batch size of each UAP fit (0: the method's default; SGA: 250).", 0, 100_000)
-    pool: int = setting(10, "UAPs in the pool of each round (paper: 10).", 1, 1000)
-    pool_fit: int = setting(500, "Images of the train split each pool UAP is fitted on (drawn per member).", 1,
-                            1_000_000)
-    rounds: int = setting(2, "Fine-tuning rounds (paper: 1, repeated once more without gain).", 1, 100)
-    epochs: int = setting(5, "Fine-tuning epochs per round (paper: 5).", 1, 10_000)
-    perturbed_share: float = setting(0.5, "Probability that a training image carries a pool UAP (paper: 0.5).",
-                                     0.0, 1.0)
-    lr: float = setting(0.001, "Learning rate of the fine-tuning (SGD, momentum 0.9, weight decay 5e-4).", 1e-8,
-                        10.0)
-    train_batch: int = setting(128, "Fine-tuning batch size.", 1, 100_000)
-    save_weights: str = setting("", "Write the last round's fine-tuned weights to this file (empty: not written; "
-                                    "never inside the shipped or shared weights folders).")
-    seed: int = setting(0, "Seed of the split, the fits, the pools and the fine-tuning.", 0, 2**31 - 1)
+    model: str = param("cifar_resnet20", "Model (registry name) to fine-tune.")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source with labels: a .npz or a folder.")
+    train: int = param(1000, "Images to fine-tune on (the pools are fitted on them too).", 1, 1_000_000)
+    fit: int = param(500, "Images every attack UAP is fitted on (disjoint from train).", 1, 1_000_000)
+    holdout: int = param(500, "Held-out images: fooling ratios and clean accuracy.", 1, 1_000_000)
+    method: str = param("sga", "Method of every UAP (pool and attack); the paper's is uap.",
+                        choices=tuple(ALGORITHMS))
+    eps: float = param(8 / 255, "Budget of every UAP in pixel units.", 1e-6, 1000.0)
+    norm: str = param("linf", "Norm of the budget.", choices=NORMS)
+    uap_epochs: int = param(5, "Epochs of each UAP fit (0: the method's default, SGA's 20; 5 epochs of SGA's "
+                               "batch 250 on 500 images are the 10 sign steps δ needs to reach ±eps).", 0, 10_000)
+    uap_batch_size: int = param(0, "Batch size of each UAP fit (0: the method's default; SGA: 250).", 0, 100_000)
+    pool: int = param(10, "UAPs in the pool of each round (paper: 10).", 1, 1000)
+    pool_fit: int = param(500, "Images of the train split each pool UAP is fitted on (drawn per member).", 1,
+                          1_000_000)
+    rounds: int = param(2, "Fine-tuning rounds (paper: 1, repeated once more without gain).", 1, 100)
+    epochs: int = param(5, "Fine-tuning epochs per round (paper: 5).", 1, 10_000)
+    perturbed_share: float = param(0.5, "Probability that a training image carries a pool UAP (paper: 0.5).",
+                                   0.0, 1.0)
+    lr: float = param(0.001, "Learning rate of the fine-tuning (SGD, momentum 0.9, weight decay 5e-4).", 1e-8,
+                      10.0)
+    train_batch: int = param(128, "Fine-tuning batch size.", 1, 100_000)
+    save_weights: str = param("", "Write the last round's fine-tuned weights to this file (empty: not written; "
+                                  "never inside the shipped or shared weights folders).")
+    seed: int = param(0, "Seed of the split, the fits, the pools and the fine-tuning.", 0, 2**31 - 1)
 
 
 class Finetune(Study):

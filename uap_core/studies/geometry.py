@@ -63,7 +63,8 @@ from ..algorithms.uap import UAP, UAPParams
 from ..errors import ParameterError
 from ..evaluation import predict_labels
 from ..models import Classifier, resolve_device
-from .base import CIFAR_TEST_IMAGES, Study, StudyResult, setting
+from ..params import param
+from .base import CIFAR_TEST_IMAGES, Study, StudyResult
 from .dominant_labels import check_model, check_split, load_model_and_images
 
 PAPER_XI = 2000 / 255  # the paper's L2 norm in pixel units at 224×224×3
@@ -76,19 +77,19 @@ def paper_equivalent_norm(dimension: int) -> float:
 
 @dataclass
 class GeometrySettings:
-    model: str = setting("cifar_resnet20", "Model (registry name).")
-    images: str = setting(CIFAR_TEST_IMAGES, "Image source: a .npz, a folder or 'samples'.")
-    normals: int = setting(1000, "Images whose DeepFool normals form the matrix N (paper: 10,000 ImageNet "
-                                 "images).", 2, 100_000)
-    holdout: int = setting(1000, "Held-out images the random vectors' fooling ratios are measured on.", 1,
-                           1_000_000)
-    subspace_dims: list[int] = setting([10, 30, 100], "k: random vectors are drawn from the span of the first k "
-                                                      "singular vectors (paper: 100 at d = 150528).", 1, 100_000)
-    norm_scales: list[float] = setting([0.5, 1.0, 2.0], "L2 norms as multiples of the paper's ξ = 2000/255 "
-                                                        "carried to this input at the same RMS per entry.",
-                                       0.001, 1000.0)
-    draws: int = setting(10, "Random vectors per kind and norm (their fooling ratios are averaged).", 1, 10_000)
-    seed: int = setting(0, "Seed of the split and of the random vectors.", 0, 2**31 - 1)
+    model: str = param("cifar_resnet20", "Model (registry name).")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source: a .npz, a folder or 'samples'.")
+    normals: int = param(1000, "Images whose DeepFool normals form the matrix N (paper: 10,000 ImageNet "
+                               "images).", 2, 100_000)
+    holdout: int = param(1000, "Held-out images the random vectors' fooling ratios are measured on.", 1,
+                         1_000_000)
+    subspace_dims: list[int] = param([10, 30, 100], "k: random vectors are drawn from the span of the first k "
+                                                    "singular vectors (paper: 100 at d = 150528).", 1, 100_000)
+    norm_scales: list[float] = param([0.5, 1.0, 2.0], "L2 norms as multiples of the paper's ξ = 2000/255 "
+                                                      "carried to this input at the same RMS per entry.",
+                                     0.001, 1000.0)
+    draws: int = param(10, "Random vectors per kind and norm (their fooling ratios are averaged).", 1, 10_000)
+    seed: int = param(0, "Seed of the split and of the random vectors.", 0, 2**31 - 1)
 
 
 class Geometry(Study):

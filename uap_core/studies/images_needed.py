@@ -59,7 +59,9 @@ import torch
 from ..algorithms import ALGORITHMS
 from ..errors import ParameterError
 from ..models import get_spec, resolve_device
-from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split, setting
+from ..params import param
+from ..run_types import NORMS
+from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split
 from . import figures
 
 HOLDOUT_SEED = 12345  # the held-out draw: one fixed permutation, the same for every seed, size and method
@@ -67,27 +69,27 @@ HOLDOUT_SEED = 12345  # the held-out draw: one fixed permutation, the same for e
 
 @dataclass
 class Settings:
-    model: str = setting("cifar_resnet20", "Model to attack (a registry name; 'a,b' fits an ensemble).")
-    images: str = setting(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file or 'samples'. Needs at least "
-                                             "holdout + the largest fit size images.")
-    eps: float = setting(8 / 255, "Budget in pixel units; n/255 accepted (the papers: 10/255 on ImageNet, "
-                                  "8/255 is CIFAR-10's usual).", 1e-6, 1000.0)
-    norm: str = setting("linf", "Norm of the budget.", choices=("linf", "l2"))
-    methods: list[str] = setting(["sga", "sgd_uap"], "Methods to compare (any of the registry), each with its "
-                                                     "paper defaults.", choices=tuple(ALGORITHMS))
-    fit_sizes: list[int] = setting([10, 30, 100, 300, 1000], "Numbers of fit images (drawn from the images "
-                                                              "not held out; nested within a seed).", 1, 10_000_000)
-    seeds: list[int] = setting([0, 1, 2], "Seeds: each draws its own fit sets and batch order.", 0, 2**31 - 1)
-    holdout: int = setting(1000, "Held-out images the fooling ratio is measured on (fixed, disjoint from every "
-                                 "fit set).", 1, 10_000_000)
-    epochs: int = setting(0, "Passes over the fit set per run (0: each method's default, 20 for SGA and SGD-UAP "
-                             "as the SGA paper's E).", 0, 100_000)
-    min_steps: int = setting(80, "Fewest updates of δ per run: a small fit set gets more passes so that δ "
-                                 "converges, as the papers run to convergence (80 = what 20 epochs of B = 250 make "
-                                 "on 1,000 images; 0 = the epochs alone). For batch methods only.", 0, 10_000_000)
-    max_image_gradients: int = setting(0, "Cap on a run's cost in image-gradients (0 = none: the epochs decide).",
-                                       0, 10**9)
-    device: str = setting("auto", "cpu, cuda or auto (the GPU when there is one).")
+    model: str = param("cifar_resnet20", "Model to attack (a registry name; 'a,b' fits an ensemble).")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file or 'samples'. Needs at least "
+                                           "holdout + the largest fit size images.")
+    eps: float = param(8 / 255, "Budget in pixel units; n/255 accepted (the papers: 10/255 on ImageNet, "
+                                "8/255 is CIFAR-10's usual).", 1e-6, 1000.0)
+    norm: str = param("linf", "Norm of the budget.", choices=NORMS)
+    methods: list[str] = param(["sga", "sgd_uap"], "Methods to compare (any of the registry), each with its "
+                                                   "paper defaults.", choices=tuple(ALGORITHMS))
+    fit_sizes: list[int] = param([10, 30, 100, 300, 1000], "Numbers of fit images (drawn from the images "
+                                                            "not held out; nested within a seed).", 1, 10_000_000)
+    seeds: list[int] = param([0, 1, 2], "Seeds: each draws its own fit sets and batch order.", 0, 2**31 - 1)
+    holdout: int = param(1000, "Held-out images the fooling ratio is measured on (fixed, disjoint from every "
+                               "fit set).", 1, 10_000_000)
+    epochs: int = param(0, "Passes over the fit set per run (0: each method's default, 20 for SGA and SGD-UAP "
+                           "as the SGA paper's E).", 0, 100_000)
+    min_steps: int = param(80, "Fewest updates of δ per run: a small fit set gets more passes so that δ "
+                               "converges, as the papers run to convergence (80 = what 20 epochs of B = 250 make "
+                               "on 1,000 images; 0 = the epochs alone). For batch methods only.", 0, 10_000_000)
+    max_image_gradients: int = param(0, "Cap on a run's cost in image-gradients (0 = none: the epochs decide).",
+                                     0, 10**9)
+    device: str = param("auto", "cpu, cuda or auto (the GPU when there is one).")
 
 
 def split_plan(count: int, holdout: int, seeds: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:

@@ -69,8 +69,10 @@ from ..algorithms import ALGORITHMS
 from ..models.ensemble import member_names
 from ..errors import ParameterError
 from ..models import get_spec, resolve_device
+from ..params import param
+from ..run_types import NORMS
 from . import figures
-from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split, setting
+from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split
 
 SPLIT_SEED = 12345
 RANDOM_ROW = "random ±eps noise"
@@ -78,25 +80,25 @@ RANDOM_ROW = "random ±eps noise"
 
 @dataclass
 class Settings:
-    surrogates: list[str] = setting(["cifar_resnet20", "cifar_resnet56", "cifar_resnet20+cifar_resnet56"],
-                                    "Models to fit δ on; '+' joins an ensemble (the loss averaged over its members).")
-    targets: list[str] = setting(["cifar_resnet20", "cifar_resnet56"], "Models δ is measured on (black-box unless "
-                                                                       "the target is the surrogate or a member).")
-    methods: list[str] = setting(["sga", "sgd_uap"], "Methods (SGA against the baselines), each with its paper "
-                                                     "defaults; ensembles need a gradient method.",
-                                 choices=tuple(ALGORITHMS))
-    images: str = setting(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file or 'samples'.")
-    eps: float = setting(8 / 255, "Budget in pixel units; n/255 accepted.", 1e-6, 1000.0)
-    norm: str = setting("linf", "Norm of the budget.", choices=("linf", "l2"))
-    fit: int = setting(1000, "Fit images (the same for every surrogate).", 1, 10_000_000)
-    holdout: int = setting(1000, "Held-out images every cell is measured on.", 1, 10_000_000)
-    epochs: int = setting(0, "Passes over the fit set (0: each method's default, 20 for SGA and SGD-UAP).", 0,
-                          100_000)
-    max_image_gradients: int = setting(0, "Cap on a run's cost in image-gradients (0 = none: the epochs decide).",
-                                       0, 10**10)
-    seeds: list[int] = setting([0], "Seeds (batch order; the split stays fixed); cells are averaged over them.",
-                               0, 2**31 - 1)
-    device: str = setting("auto", "cpu, cuda or auto (the GPU when there is one).")
+    surrogates: list[str] = param(["cifar_resnet20", "cifar_resnet56", "cifar_resnet20+cifar_resnet56"],
+                                  "Models to fit δ on; '+' joins an ensemble (the loss averaged over its members).")
+    targets: list[str] = param(["cifar_resnet20", "cifar_resnet56"], "Models δ is measured on (black-box unless "
+                                                                     "the target is the surrogate or a member).")
+    methods: list[str] = param(["sga", "sgd_uap"], "Methods (SGA against the baselines), each with its paper "
+                                                   "defaults; ensembles need a gradient method.",
+                               choices=tuple(ALGORITHMS))
+    images: str = param(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file or 'samples'.")
+    eps: float = param(8 / 255, "Budget in pixel units; n/255 accepted.", 1e-6, 1000.0)
+    norm: str = param("linf", "Norm of the budget.", choices=NORMS)
+    fit: int = param(1000, "Fit images (the same for every surrogate).", 1, 10_000_000)
+    holdout: int = param(1000, "Held-out images every cell is measured on.", 1, 10_000_000)
+    epochs: int = param(0, "Passes over the fit set (0: each method's default, 20 for SGA and SGD-UAP).", 0,
+                        100_000)
+    max_image_gradients: int = param(0, "Cap on a run's cost in image-gradients (0 = none: the epochs decide).",
+                                     0, 10**10)
+    seeds: list[int] = param([0], "Seeds (batch order; the split stays fixed); cells are averaged over them.",
+                             0, 2**31 - 1)
+    device: str = param("auto", "cpu, cuda or auto (the GPU when there is one).")
 
 
 def model_name(surrogate: str) -> str:
