@@ -212,9 +212,9 @@ def test_finetune_writes_weights_only_where_asked(cifar_npz, tmp_path):
 
 
 def test_finetune_refuses_protected_weights_paths(tmp_path):
-    from uap_core.models import _find_weights, get_spec, weights_dirs
+    from uap_core.models import find_weights, get_spec, weights_dirs
 
-    shipped = _find_weights(get_spec("cifar_resnet20"))
+    shipped = find_weights(get_spec("cifar_resnet20"))
     candidates = [str(d / "finetuned.pt") for d in weights_dirs()]
     if shipped is not None:
         candidates += [str(shipped), str(shipped.parent / "resnet20-finetuned.th")]

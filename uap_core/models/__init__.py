@@ -59,7 +59,6 @@ from .timm import TIMM_PREFIX
 FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (*builtin.FAMILIES, timm.FAMILY, file.FAMILY)}
 # The forms of the names resolved on demand (for help texts: ``python -m uap_core list-models``).
 DYNAMIC_FORMS = (timm.FORM, file.FORM)
-_find_weights = find_weights  # the name callers imported before the package split
 
 
 def is_dynamic_name(name: str) -> bool:

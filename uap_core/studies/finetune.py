@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from ..algorithms import ALGORITHMS
 from ..errors import ParameterError
 from ..evaluation import evaluate, predict_labels
-from ..models import Classifier, _find_weights, get_spec, resolve_device, weights_dirs
+from ..models import Classifier, find_weights, get_spec, resolve_device, weights_dirs
 from ..params import param
 from ..run import Run, RunConfig
 from ..run_types import NORMS
@@ -304,7 +304,7 @@ def protected_folders(model_name: str) -> list[Path]:
     folders = [*weights_dirs(), SHARED_DIR]
     spec = get_spec(model_name)
     if spec.weights_file:
-        original = _find_weights(spec)
+        original = find_weights(spec)
         if original is not None:
             folders.append(original.parent)
     return [f.expanduser().resolve() for f in folders]
