@@ -92,7 +92,7 @@ def decoded_sources(imagenet_200, cifar_npz):
     return images_of
 
 
-@pytest.mark.parametrize("name", list(make_zoo.ENTRIES))
+@pytest.mark.parametrize("name", list(ZOO_ENTRIES))
 def test_held_out_images_of_every_entry_are_disjoint_from_its_fit_images(name, decoded_sources):
     """Every entry's recorded held-out images are the held-out half of the split its recorded settings (images,
     fit, holdout, seed) make, and none of them is a fit image: the recorded fooling ratio is a held-out figure.
