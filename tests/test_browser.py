@@ -204,7 +204,7 @@ def test_two_sessions_run_at_once(browser, server):
         expect(page_b.locator("button", has_text="Stop").first).to_be_enabled()
 
         page_a.get_by_text("Run settings").click()
-        for label, value in (("Input size (0 = the model's)", "96"), ("Epochs", "6")):
+        for label, value in (("Input size (0 = the model's)", "96"), ("Epochs (0 = the algorithm's)", "6")):
             field = page_a.get_by_label(label, exact=True)
             field.fill(value)
             field.press("Enter")

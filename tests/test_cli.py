@@ -131,3 +131,13 @@ def test_generate_options_are_the_declared_settings():
     assert args.eps == "10/255"
     from_cli = RunConfig(**{spec["name"]: getattr(args, spec["name"]) for spec in declared}).validated()
     assert from_cli == RunConfig().validated()
+
+
+def test_usage_names_the_command_the_user_typed(monkeypatch):
+    """`uap …` (the installed command) and `python -m uap_core …` each see their own name in usage lines."""
+    from uap_core.__main__ import build_parser
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/uap", "--help"])
+    assert build_parser().format_usage().startswith("usage: uap ")
+    monkeypatch.setattr(sys, "argv", ["/repo/uap_core/__main__.py", "--help"])
+    assert build_parser().format_usage().startswith("usage: python -m uap_core ")

@@ -1,5 +1,6 @@
 """pyproject.toml: `pip install .` in a new virtual environment installs uap_core and uap_ui (nothing else of the
-checkout) with the `uap` command, which answers `uap --help` and `uap study --list` outside the checkout.
+checkout) with the `uap` command, which answers `uap study --list` outside the checkout (the commands its
+`--help` lists are tests/test_cli.py's).
 
 Cheap: no dependency is downloaded (the venv sees this Python's packages; --no-deps, no build isolation)."""
 
@@ -47,8 +48,5 @@ def test_pip_install_gives_the_uap_command(tmp_path):
     assert not (site / "tests").exists() and not (site / "app.py").exists()
 
     uap = env_dir / "bin" / "uap"
-    helped = run(uap, "--help")
-    for command in ("generate", "evaluate", "transfer", "list-models", "study"):
-        assert command in helped.stdout
-    listed = run(uap, "study", "--list")
+    listed = run(uap, "study", "--list")  # one start of the command (each imports torch: ~5 s of CPU)
     assert [line.split()[0] for line in listed.stdout.splitlines() if line.strip()] == study_names()

@@ -50,8 +50,13 @@ def _algorithm_options() -> dict[str, dict[str, Any]]:
     return options
 
 
+def _program_name() -> str:
+    """How the user started the CLI: the installed ``uap`` command, or ``python -m uap_core``."""
+    return "uap" if Path(sys.argv[0]).stem == "uap" else "python -m uap_core"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m uap_core", description="Universal adversarial perturbations: "
+    parser = argparse.ArgumentParser(prog=_program_name(), description="Universal adversarial perturbations: "
                                      "generate, evaluate and transfer them.")
     commands = parser.add_subparsers(dest="command", required=True)
 
