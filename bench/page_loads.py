@@ -28,64 +28,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import websockets
-from streamlit.proto.BackMsg_pb2 import BackMsg
-from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-
-from tests.ui_helpers import save_test_uap, streamlit_server
+from tests.ui_helpers import StreamlitSession, save_test_uap, streamlit_server
 
 DEMO_BUTTON = "Run the demo"
-
-
-class PageSession:
-    """One browser session as the server sees it: connect, ask for a script run, wait until it finished."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.replace("http://", "ws://") + "/_stcore/stream"
-        self.page_hash = ""
-        self.buttons: dict[str, str] = {}
-        self.exceptions: list[str] = []
-        self.finished = asyncio.Event()
-
-    async def open(self, timeout: float) -> float:
-        """Seconds from connecting until the first script run finished."""
-        started = time.monotonic()
-        self.socket = await websockets.connect(self.url, subprotocols=["streamlit"], max_size=2**27)
-        self.reader = asyncio.create_task(self._read())
-        await self.rerun()
-        await asyncio.wait_for(self.finished.wait(), timeout)
-        return time.monotonic() - started
-
-    async def rerun(self, click: str | None = None) -> None:
-        message = BackMsg()
-        state = message.rerun_script
-        state.page_script_hash = self.page_hash
-        if click is not None:
-            widget = state.widget_states.widgets.add()
-            widget.id = self.buttons[click]
-            widget.trigger_value = True
-        self.finished.clear()
-        await self.socket.send(message.SerializeToString())
-
-    async def _read(self) -> None:
-        async for raw in self.socket:
-            message = ForwardMsg()
-            message.ParseFromString(raw)
-            kind = message.WhichOneof("type")
-            if kind == "new_session":
-                self.page_hash = message.new_session.page_script_hash
-            elif kind == "script_finished":
-                self.finished.set()
-            elif kind == "delta" and message.delta.WhichOneof("type") == "new_element":
-                element = message.delta.new_element
-                if element.WhichOneof("type") == "button":
-                    self.buttons[element.button.label] = element.button.id
-                elif element.WhichOneof("type") == "exception":
-                    self.exceptions.append(element.exception.message)
-
-    async def close(self) -> None:
-        await self.socket.close()
-        self.reader.cancel()
 
 
 def http_get_seconds(url: str) -> float:
@@ -110,7 +55,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 async def measure(url: str, sessions: int, rounds: int, demo: bool, timeout: float) -> dict:
-    warm = PageSession(url)
+    warm = StreamlitSession(url)
     first_load = await warm.open(timeout)
     if demo:  # one session runs the demo; the rounds load pages while it computes
         assert DEMO_BUTTON in warm.buttons, f"no {DEMO_BUTTON!r} button on the Home page: {list(warm.buttons)}"
@@ -121,7 +66,7 @@ async def measure(url: str, sessions: int, rounds: int, demo: bool, timeout: flo
     per_round: list[dict] = []
     failures: list[str] = []
     for _ in range(rounds):
-        visitors = [PageSession(url) for _ in range(sessions)]
+        visitors = [StreamlitSession(url) for _ in range(sessions)]
         seconds = await asyncio.gather(*(v.open(timeout) for v in visitors))
         failures += [e for v in visitors for e in v.exceptions]
         failures += [f"no {DEMO_BUTTON!r} button drawn" for v in visitors if DEMO_BUTTON not in v.buttons]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import PAGES, ROOT, save_test_uap, streamlit_server
+from ui_helpers import PAGES, ROOT, StreamlitSession, save_test_uap, streamlit_server
 
 SESSIONS = 20
 CLICK_SPREAD_SECONDS = 2.0  # all 20 press "Run the demo" within this
@@ -69,109 +69,6 @@ def class_server(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------- a session
-class Session:
-    """One browser session as the server sees it: Streamlit's websocket protocol (protobuf BackMsg / ForwardMsg),
-    doing what the frontend does — a first script run, button clicks as trigger widget states, the live fragment
-    rerun at the interval the server's ``auto_rerun`` message asks for — and keeping what was drawn."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.replace("http://", "ws://") + "/_stcore/stream"
-        self.query = ""
-        self.page_hash = ""
-        self.buttons: dict[str, str] = {}
-        self.texts: list[str] = []
-        self.metrics: dict[str, str] = {}
-        self.exceptions: list[str] = []
-        self.auto: tuple[float, str] | None = None
-        self.finished = asyncio.Event()
-        self.fragment_runs = 0
-
-    async def open(self) -> float:
-        """Connect and run the page once; the seconds until its script run finished (every element sent)."""
-        import websockets
-
-        started = time.monotonic()
-        self.socket = await websockets.connect(self.url, subprotocols=["streamlit"], max_size=2**27)
-        self.reader = asyncio.create_task(self._read())
-        await self.rerun()
-        await asyncio.wait_for(self.finished.wait(), 120)
-        return time.monotonic() - started
-
-    async def rerun(self, click: str | None = None, fragment_id: str = "") -> None:
-        from streamlit.proto.BackMsg_pb2 import BackMsg
-
-        message = BackMsg()
-        state = message.rerun_script
-        state.query_string = self.query
-        state.page_script_hash = self.page_hash
-        if click is not None:
-            widget = state.widget_states.widgets.add()
-            widget.id = self.buttons[click]
-            widget.trigger_value = True
-        if fragment_id:
-            state.fragment_id = fragment_id
-            state.is_auto_rerun = True
-        self.finished.clear()
-        await self.socket.send(message.SerializeToString())
-
-    async def _read(self) -> None:
-        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-
-        async for raw in self.socket:
-            message = ForwardMsg()
-            message.ParseFromString(raw)
-            kind = message.WhichOneof("type")
-            if kind == "new_session":  # sent at the start of every script run, fragment runs too
-                self.page_hash = message.new_session.page_script_hash
-            elif kind == "navigation":  # a full script run (the page's own st.rerun() too): timers anew
-                self.auto = None
-            elif kind == "page_info_changed":
-                self.query = message.page_info_changed.query_string
-            elif kind == "auto_rerun":
-                self.auto = (message.auto_rerun.interval, message.auto_rerun.fragment_id)
-            elif kind == "stop_auto_rerun":
-                self.auto = None
-            elif kind == "script_finished":
-                self.finished.set()
-            elif kind == "delta" and message.delta.WhichOneof("type") == "new_element":
-                element = message.delta.new_element
-                which = element.WhichOneof("type")
-                if which == "button":
-                    self.buttons[element.button.label] = element.button.id
-                elif which == "markdown":
-                    self.texts.append(element.markdown.body)
-                elif which == "heading":
-                    self.texts.append(element.heading.body)
-                elif which == "metric":
-                    self.metrics[element.metric.label] = element.metric.body
-                elif which == "exception":
-                    self.exceptions.append(element.exception.message)
-
-    def drew(self, fragment: str) -> bool:
-        return any(fragment in text for text in self.texts)
-
-    async def follow_demo(self, timeout: float) -> float:
-        """Poll the live view like the browser until the demo's results are drawn; the seconds it took."""
-        started = time.monotonic()
-        while not (self.drew("What the perturbation does") and "Held-out fooling ratio" in self.metrics):
-            assert time.monotonic() - started < timeout, f"no finished demo within {timeout} s: {self.texts[-3:]}"
-            assert not self.exceptions, self.exceptions
-            auto = self.auto
-            await asyncio.sleep(auto[0] if auto else 0.2)
-            if auto is not None and self.auto == auto and self.finished.is_set():
-                self.fragment_runs += 1
-                await self.rerun(fragment_id=auto[1])
-                try:  # a fragment a full rerun replaced meanwhile is skipped by the server without an answer
-                    await asyncio.wait_for(self.finished.wait(), 30)
-                except asyncio.TimeoutError:
-                    self.finished.set()
-        return time.monotonic() - started
-
-    async def close(self) -> None:
-        await self.socket.close()
-        self.reader.cancel()
-
-
 async def _browser_page_load(browser, url: str) -> float:
     """A real Chromium page of the Home page: seconds from navigation until the demo section is drawn."""
     context = await browser.new_context()
@@ -193,7 +90,7 @@ def test_twenty_sessions_run_the_demo_at_once(class_server):
 
 async def _load(server: dict) -> None:
     url, pid = server["url"], server["pid"]
-    warm = Session(url)
+    warm = StreamlitSession(url)
     first_load = await warm.open()  # the first script run imports torch & co.: not a page load under load
     await warm.close()
     rss_warm = _rss_mb(pid)
@@ -212,7 +109,7 @@ async def _load(server: dict) -> None:
         """A new visitor opens the Home page every 5 s while the class runs the demo."""
         while not done.is_set():
             await asyncio.sleep(5)
-            visitor = Session(url)
+            visitor = StreamlitSession(url)
             loads.append(await visitor.open())
             visitor_pages.append((dict(visitor.buttons), list(visitor.exceptions)))
             await visitor.close()
@@ -224,11 +121,11 @@ async def _load(server: dict) -> None:
                 return
             browser_loads.append(await _browser_page_load(browser, url))
 
-    sessions = [Session(url) for _ in range(SESSIONS)]
+    sessions = [StreamlitSession(url) for _ in range(SESSIONS)]
     await asyncio.gather(*(s.open() for s in sessions))
     assert all("Run the demo" in s.buttons for s in sessions)
 
-    async def press_and_follow(index: int, session: Session) -> float:
+    async def press_and_follow(index: int, session: StreamlitSession) -> float:
         await asyncio.sleep(index * CLICK_SPREAD_SECONDS / SESSIONS)
         session.clicked_at = time.monotonic()
         await session.rerun(click="Run the demo")
