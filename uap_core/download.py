@@ -201,7 +201,7 @@ CIFAR10_BINARY = Remote(
     sha256=None,
     md5="c32a1d4ab5d03f1284b67883e8d87530",
     size=170_052_171,
-    title="CIFAR-10 binary archive (its test batch is the image source cifar10-test)",
+    title="CIFAR-10 archive of the image source cifar10-test",
     license="no license stated; cite Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images",
 )
 KNOWN_REMOTES: dict[str, Remote] = {r.name: r for r in (CIFAR10_RESNET20, CIFAR10_RESNET56, CIFAR10_BINARY)}
