@@ -17,7 +17,7 @@ import pytest
 
 from conftest import shared_path
 from uap_core import download
-from uap_core.download import (CIFAR10_PYTHON, CIFAR10_RESNET20, CIFAR10_RESNET56, ChecksumError, DownloadError,
+from uap_core.download import (CIFAR10_BINARY, CIFAR10_RESNET20, CIFAR10_RESNET56, ChecksumError, DownloadError,
                                Remote, fetch, locate)
 from uap_core.errors import UAPError
 
@@ -309,5 +309,6 @@ def test_pinned_table_matches_the_original_weights(tmp_path):
         assert download.file_digest(original) == remote.sha256
         assert remote.sha256.startswith(remote.name.split("-")[1].split(".")[0])  # torch.hub's naming rule
         assert locate(remote, search_dirs=[folder], cache_dir=tmp_path) == original
-    assert CIFAR10_PYTHON.size == 170_498_071 and CIFAR10_PYTHON.md5 == "c58f30108f718f92721af3b95e74349a"
+    assert CIFAR10_BINARY.size == 170_052_171 and CIFAR10_BINARY.md5 == "c32a1d4ab5d03f1284b67883e8d87530"
+    assert CIFAR10_BINARY.sha256 is None and CIFAR10_BINARY.algorithm == "md5"  # the publisher states only the MD5
     assert all(url.startswith("https://") for r in download.KNOWN_REMOTES.values() for url in r.urls)

@@ -36,9 +36,10 @@ Environment:
   air-gapped sites (a local server or a shared folder holding the files under their names).
 
 Checksums: a :class:`Remote` pins a SHA-256 (preferred). Where only the publisher's MD5 is known (the CIFAR-10
-archive, whose SHA-256 was not computed offline) it pins ``md5`` instead and ``sha256=None``; MD5 then guards
-against corruption and truncation (with the size), not against a deliberate forgery. :func:`file_digest` gives
-the SHA-256 of a verified copy, to pin it later.
+binary archive: the official page states its MD5; a SHA-256 is reported by one third-party source only, so it is
+not pinned) it pins ``md5`` instead and ``sha256=None``; MD5 then guards against corruption and truncation (with
+the size), not against a deliberate forgery. :func:`file_digest` gives the SHA-256 of a verified copy, to pin it
+later.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ except ImportError:  # pragma: no cover - Windows
     import msvcrt
 
 __all__ = [
-    "CACHE_ENV", "CIFAR10_PYTHON", "CIFAR10_RESNET20", "CIFAR10_RESNET56", "KNOWN_REMOTES", "MIRROR_ENV",
+    "CACHE_ENV", "CIFAR10_BINARY", "CIFAR10_RESNET20", "CIFAR10_RESNET56", "KNOWN_REMOTES", "MIRROR_ENV",
     "ChecksumError", "DownloadError", "ProgressCallback", "Remote",
     "default_cache_dir", "fetch", "file_digest", "locate", "remote_urls",
 ]
@@ -190,16 +191,20 @@ CIFAR10_RESNET56 = Remote(
     title="ResNet-56 (CIFAR-10) weights",
     license=_RESNET_LICENSE,
 )
-CIFAR10_PYTHON = Remote(
-    name="cifar-10-python.tar.gz",
-    urls=("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
-    sha256=None,  # not computed offline: the publisher's MD5 pins it (see the module docstring)
-    md5="c58f30108f718f92721af3b95e74349a",
-    size=170_498_071,
-    title="CIFAR-10 python archive (its test batch is the image set)",
+CIFAR10_BINARY = Remote(
+    name="cifar-10-binary.tar.gz",
+    urls=("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
+    # The MD5 is the one the official page (www.cs.toronto.edu/~kriz/cifar.html) states. A SHA-256
+    # (c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd) is reported by one third-party source
+    # only, not by the publisher, so it is not pinned: pin it here once a verified copy confirms it
+    # (file_digest). The binary version, not the python one: reading it never unpickles downloaded data.
+    sha256=None,
+    md5="c32a1d4ab5d03f1284b67883e8d87530",
+    size=170_052_171,
+    title="CIFAR-10 archive of the image source cifar10-test",
     license="no license stated; cite Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images",
 )
-KNOWN_REMOTES: dict[str, Remote] = {r.name: r for r in (CIFAR10_RESNET20, CIFAR10_RESNET56, CIFAR10_PYTHON)}
+KNOWN_REMOTES: dict[str, Remote] = {r.name: r for r in (CIFAR10_RESNET20, CIFAR10_RESNET56, CIFAR10_BINARY)}
 
 
 # ----------------------------------------------------------------------------------------------------------------

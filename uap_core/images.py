@@ -1,4 +1,10 @@
-"""Image sources: folders, embedded samples, ``.npz`` arrays and uploads, decoded once into uint8 tensors.
+"""Image sources: folders, embedded samples, ``.npz`` arrays, uploads and the CIFAR-10 test set, decoded once into
+uint8 tensors.
+
+A source string is ``"samples"`` (photos shipped inside installed packages), ``"cifar10-test"`` (the 10,000
+CIFAR-10 test images: a ``.npz`` made once from the downloaded archive, see :mod:`uap_core.datasets`), a folder, a
+``.npz`` file or an image file. The two symbolic names win over a file or folder of the same name in the working
+folder (name it ``./samples`` to read that).
 
 Every loader returns an :class:`ImageSet` whose ``pixels`` are ``(N, 3, size, size)`` uint8 RGB on the CPU,
 prepared like torchvision's ``Resize(resize)`` + ``CenterCrop(size)`` (shorter side to ``resize`` with
@@ -27,9 +33,11 @@ import torch.utils.data
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 
+from .datasets import CIFAR10_TEST, cifar10_test_npz
 from .errors import ImageSourceError, ParameterError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SYMBOLIC_SOURCES = ("samples", CIFAR10_TEST)  # source strings that name no path
 MAX_PIXELS = 64_000_000  # decompression-bomb guard: refuse images above 64 megapixels
 _MAX_ASPECT = 4  # longer/shorter side kept before resizing; only the centre is ever used
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -466,10 +474,21 @@ def load_uploads(files: list[tuple[str, bytes]], size: int, resize: int,
     return _decode_many([(n, bytes(d)) for n, d in files], size, resize, labels, "uploads", "uploads")
 
 
+def _cifar10_test_or(source: str | os.PathLike) -> str | os.PathLike:
+    """``source``, or for ``"cifar10-test"`` the path of its ``.npz`` (fetched and converted once; offline: a
+    one-line :class:`~uap_core.download.DownloadError`). A page that wants its own progress bar for the download
+    calls :func:`uap_core.datasets.cifar10_test_npz` with its callback first; this then finds the file."""
+    if isinstance(source, str) and source.strip() == CIFAR10_TEST:
+        return cifar10_test_npz()
+    return source
+
+
 def load_images(source: str | os.PathLike, size: int, resize: int, class_names: list[str] | None = None,
                 limit: int | None = None) -> ImageSet:
-    """Load ``"samples"``, a folder, a ``.npz`` file or a single image file; at most ``limit`` images."""
+    """Load ``"samples"``, ``"cifar10-test"``, a folder, a ``.npz`` file or a single image file; at most ``limit``
+    images."""
     _check_sizes(size, resize, limit)
+    source = _cifar10_test_or(source)
     if isinstance(source, str) and source.strip() == "samples":
         s = load_samples(size, resize, class_names)
     else:
@@ -579,9 +598,10 @@ class ImageStream(torch.utils.data.Dataset):
 
 def open_stream(source: str | os.PathLike, size: int, resize: int, class_names: list[str] | None = None,
                 limit: int | None = None) -> ImageStream:
-    """List ``"samples"``, a folder, a ``.npz`` or an image file as an :class:`ImageStream` (nothing decoded;
-    labels as :func:`load_images` finds them); at most ``limit`` images."""
+    """List ``"samples"``, ``"cifar10-test"``, a folder, a ``.npz`` or an image file as an :class:`ImageStream`
+    (nothing decoded; labels as :func:`load_images` finds them); at most ``limit`` images."""
     _check_sizes(size, resize, limit)
+    source = _cifar10_test_or(source)
     if isinstance(source, str) and source.strip() == "samples":
         items, labels = _sample_items(class_names)
         stream = ImageStream(items, torch.tensor(labels, dtype=torch.int64), size, resize, "embedded samples")
@@ -609,7 +629,7 @@ def should_stream(choice: str, source: str | os.PathLike) -> bool:
         raise ParameterError(f"stream {choice!r} is not allowed; choose one of {', '.join(STREAM_CHOICES)}")
     if choice != "auto":
         return choice == "on"
-    if isinstance(source, str) and source.strip() == "samples":
+    if isinstance(source, str) and source.strip() in SYMBOLIC_SOURCES:
         return False
     p = Path(source).expanduser()
     if not p.is_dir():

@@ -62,7 +62,8 @@ class RunConfig:
     eps: float | str = param(10 / 255, "budget in pixel units; n/255 accepted", form=False)  # range: by the norm
     norm: str = param("linf", "", choices=NORMS, form=False)
     target: int | None = param(None, "target class index (targeted attack)", form=False)  # range: the classes
-    images: str = param("samples", "'samples', a folder, a .npz or an image file", form=False)
+    images: str = param("samples", "'samples', 'cifar10-test' (the CIFAR-10 test set, downloaded once), a folder, "
+                                   "a .npz or an image file", form=False)
     fit: int | None = param(None, "images to fit δ on (default: half)", 1, 100_000_000,
                             label="Fit images (0 = half)", hint="Images δ is fitted on; the rest are held out.")
     holdout: int | None = param(None, "held-out images to measure on (default: the rest)", 1, 100_000_000, form=False)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
+from ..datasets import CIFAR10_TEST
 from ..errors import ParameterError
 from ..jsonable import jsonable
 from ..params import parse_params
@@ -184,10 +185,11 @@ class Study:
 
 # ---------------------------------------------------------------------------------------------- shared data helpers
 SHARED_DIR = Path(os.environ.get("UAP_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared")
-# The largest labelled image set available offline in a development checkout (2,000 CIFAR-10 test images, 32 px),
-# the default of the studies that need hundreds of fit images plus a held-out set (the papers' ImageNet sets are
-# not available offline). Name any folder / .npz instead.
-CIFAR_TEST_IMAGES = str(SHARED_DIR / "data" / "cifar10-test-2000.npz")
+# The default image source of the studies that need hundreds of fit images plus a held-out set (the papers'
+# ImageNet sets are not at hand): the 10,000 CIFAR-10 test images, the symbolic source "cifar10-test" — a .npz in
+# $UAP_DATA_DIR or the cache, else downloaded once (170 MB, see uap_core.datasets). Name any folder / .npz instead
+# (the tests and the README's figures name ../shared/data/cifar10-test-2000.npz).
+CIFAR_TEST_IMAGES = CIFAR10_TEST
 
 
 def fixed_split(fit_set: Any, holdout_set: Any) -> Any:

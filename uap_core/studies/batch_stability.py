@@ -26,7 +26,7 @@ Where it differs
     - The paper plots (a)–(c) against the batch size at the end of training on ImageNet (10,000 images, 20
       epochs); here the three are curves against image-gradients spent (the x axis shared by all runs), the
       per-run means and finals in the ``runs`` table give the paper's per-batch-size points. Default data:
-      CIFAR-10 ResNet-20, 1,000 fit / 1,000 held-out CIFAR-10 test images, eps 8/255 (offline).
+      CIFAR-10 ResNet-20, 1,000 fit / 1,000 held-out CIFAR-10 test images, eps 8/255.
     - Equal image-gradient budgets (the paper runs 20 epochs for every method, so SGA there costs K = 4 times
       SGD-UAP's image-gradients). The default budget, 80,000, is SGA's 20 epochs on 1,000 images.
 
@@ -71,7 +71,8 @@ MAX_STEP_ROWS = 1000  # per run in the "steps" table (every k-th step beyond tha
 @dataclass
 class Settings:
     model: str = param("cifar_resnet20", "Model to attack (a registry name; 'a,b' fits an ensemble).")
-    images: str = param(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file or 'samples'.")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file, 'samples' or 'cifar10-test' "
+                                             "(the CIFAR-10 test set, downloaded once: 170 MB).")
     eps: float = param(8 / 255, "Budget in pixel units; n/255 accepted.", 1e-6, 1000.0)
     norm: str = param("linf", "Norm of the budget (sign operations exist under L∞ only).", choices=NORMS)
     fit: int = param(1000, "Fit images (the same for every configuration).", 1, 10_000_000)

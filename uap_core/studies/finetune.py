@@ -10,9 +10,9 @@ not improve on the first. The fine-tuned network "remains largely vulnerable to 
 
 What this study does, the same at CIFAR-10 scale (defaults):
 
-- the 2,000 CIFAR-10 test images are split, seeded and disjoint, into ``train`` (1,000: the fine-tuning set and
-  the pools' fit images), ``fit`` (500: the images every attack UAP is fitted on) and ``holdout`` (500: every
-  fooling ratio and clean accuracy is measured here);
+- the CIFAR-10 test images (``cifar10-test``) are split, seeded and disjoint, into ``train`` (1,000: the
+  fine-tuning set and the pools' fit images), ``fit`` (500: the images every attack UAP is fitted on) and
+  ``holdout`` (500: every fooling ratio and clean accuracy is measured here);
 - round 0: the original model; an attack UAP is fitted on ``fit`` with ``method`` through :class:`Run`;
 - each round r ≥ 1: a pool of ``pool`` UAPs is fitted for the current model, each on ``pool_fit`` images drawn
   (by its own seed) from ``train``; the model is fine-tuned ``epochs`` epochs on ``train`` where each image of
@@ -81,7 +81,8 @@ from .dominant_labels import check_model, check_split, fit_uap, load_model_and_i
 @dataclass
 class FinetuneSettings:
     model: str = param("cifar_resnet20", "Model (registry name) to fine-tune.")
-    images: str = param(CIFAR_TEST_IMAGES, "Image source with labels: a .npz or a folder.")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source with labels: a .npz, a folder or 'cifar10-test' (the "
+                                             "CIFAR-10 test set, downloaded once: 170 MB).")
     train: int = param(1000, "Images to fine-tune on (the pools are fitted on them too).", 1, 1_000_000)
     fit: int = param(500, "Images every attack UAP is fitted on (disjoint from train).", 1, 1_000_000)
     holdout: int = param(500, "Held-out images: fooling ratios and clean accuracy.", 1, 1_000_000)

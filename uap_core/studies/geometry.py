@@ -78,7 +78,8 @@ def paper_equivalent_norm(dimension: int) -> float:
 @dataclass
 class GeometrySettings:
     model: str = param("cifar_resnet20", "Model (registry name).")
-    images: str = param(CIFAR_TEST_IMAGES, "Image source: a .npz, a folder or 'samples'.")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source: a .npz, a folder, 'samples' or 'cifar10-test' (the "
+                                             "CIFAR-10 test set, downloaded once: 170 MB).")
     normals: int = param(1000, "Images whose DeepFool normals form the matrix N (paper: 10,000 ImageNet "
                                "images).", 2, 100_000)
     holdout: int = param(1000, "Held-out images the random vectors' fooling ratios are measured on.", 1,

@@ -16,9 +16,9 @@ What this study does
     sample std, min and max over the seeds.
 
 Where it differs
-    - The papers use ImageNet (10,000 fit images, 50,000 validation images); offline the default is CIFAR-10
-      ResNet-20 on 2,000 CIFAR-10 test images (1,000 held out, fit sets of 10…1,000), eps 8/255 (CIFAR's usual
-      budget; the papers' 10/255 on ImageNet).
+    - The papers use ImageNet (10,000 fit images, 50,000 validation images); the default is CIFAR-10
+      ResNet-20 on the CIFAR-10 test images (``cifar10-test``; 1,000 held out, fit sets of 10…1,000), eps 8/255
+      (CIFAR's usual budget; the papers' 10/255 on ImageNet).
     - Budget: the papers run to convergence (UAP: until 80 % of the fit set is fooled; SGA / SGD-UAP: 20 epochs).
       A fixed number of epochs alone would give a set of 10 images (one batch) 20 updates and a set of 1,000
       images (four batches of 250) 80, mixing "more data" with "more updates". So each run takes the method's
@@ -70,8 +70,9 @@ HOLDOUT_SEED = 12345  # the held-out draw: one fixed permutation, the same for e
 @dataclass
 class Settings:
     model: str = param("cifar_resnet20", "Model to attack (a registry name; 'a,b' fits an ensemble).")
-    images: str = param(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file or 'samples'. Needs at least "
-                                           "holdout + the largest fit size images.")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file, 'samples' or 'cifar10-test' (the "
+                                             "CIFAR-10 test set, downloaded once: 170 MB). Needs at least "
+                                             "holdout + the largest fit size images.")
     eps: float = param(8 / 255, "Budget in pixel units; n/255 accepted (the papers: 10/255 on ImageNet, "
                                 "8/255 is CIFAR-10's usual).", 1e-6, 1000.0)
     norm: str = param("linf", "Norm of the budget.", choices=NORMS)

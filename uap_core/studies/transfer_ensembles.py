@@ -19,12 +19,12 @@ What this study does
 
 Where it differs
     - The paper fits on 10,000 ImageNet images and measures on the 50,000 validation images with AlexNet,
-      GoogLeNet, VGG16/19 and ResNet152; offline the default is the two CIFAR-10 ResNets (ResNet-20, ResNet-56)
-      on 2,000 CIFAR-10 test images (1,000 fit, 1,000 held out), eps 8/255. With only two CIFAR-10 models there is
-      no third model outside the ensemble: the ensemble's cells are all white-box, so "the ensemble transfers
-      better to a held-out model" cannot be tested here; what can be compared is the ensemble's fooling ratio on
-      each member against that member's own single-model UAP (white-box) and against the other member's UAP
-      (black-box). Name ImageNet models (and an ImageNet folder) to test the third-model claim.
+      GoogLeNet, VGG16/19 and ResNet152; the default is the two CIFAR-10 ResNets (ResNet-20, ResNet-56)
+      on the CIFAR-10 test images (``cifar10-test``; 1,000 fit, 1,000 held out), eps 8/255. With only two
+      CIFAR-10 models there is no third model outside the ensemble: the ensemble's cells are all white-box, so
+      "the ensemble transfers better to a held-out model" cannot be tested here; what can be compared is the
+      ensemble's fooling ratio on each member against that member's own single-model UAP (white-box) and against
+      the other member's UAP (black-box). Name ImageNet models (and an ImageNet folder) to test the third-model claim.
     - Surrogate ensembles are written with '+' ("cifar_resnet20+cifar_resnet56") because the settings' lists are
       comma-separated.
 
@@ -87,7 +87,8 @@ class Settings:
     methods: list[str] = param(["sga", "sgd_uap"], "Methods (SGA against the baselines), each with its paper "
                                                    "defaults; ensembles need a gradient method.",
                                choices=tuple(ALGORITHMS))
-    images: str = param(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file or 'samples'.")
+    images: str = param(CIFAR_TEST_IMAGES, "Image source: a folder, a .npz file, 'samples' or 'cifar10-test' "
+                                             "(the CIFAR-10 test set, downloaded once: 170 MB).")
     eps: float = param(8 / 255, "Budget in pixel units; n/255 accepted.", 1e-6, 1000.0)
     norm: str = param("linf", "Norm of the budget.", choices=NORMS)
     fit: int = param(1000, "Fit images (the same for every surrogate).", 1, 10_000_000)
