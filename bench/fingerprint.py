@@ -1,7 +1,7 @@
 """A fingerprint of every method's results, to check that a restructuring changes no number.
 
 Each registered method runs briefly on the CPU (CIFAR-10 ResNet-20, 64 fit / 64 held-out images of the test data,
-8/255 L∞, seed 3, one thread): the SHA-256 of its kept δ, its last δ and its history (without the timings), its
+8/255 L∞, seed 3, one CPU thread unless --threads): the SHA-256 of its kept δ, its last δ and its history (without the timings), its
 steps, best step, reason and held-out fooling ratio. Save one before a change and compare after it:
 
     python bench/fingerprint.py --out /tmp/before.json                       # on the commit before
@@ -35,8 +35,8 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def fingerprint(images: str) -> dict[str, dict]:
-    torch.set_num_threads(1)
+def fingerprint(images: str, threads: int = 1) -> dict[str, dict]:
+    torch.set_num_threads(threads)
     out: dict[str, dict] = {}
     for name, cls in ALGORITHMS.items():
         data_free = cls.family == "data-free"
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", default=str(shared / "data" / "cifar10-test-2000.npz"))
     parser.add_argument("--out", required=True, help="JSON file the fingerprint is written to")
     parser.add_argument("--compare", help="a fingerprint saved before the change")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (results may differ between counts)")
     args = parser.parse_args(argv)
-    now = fingerprint(args.images)
+    now = fingerprint(args.images, args.threads)
     Path(args.out).write_text(json.dumps(now, indent=1))
     if not args.compare:
         return 0

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed, metrics
+from ..cpu_threads import threads_for
 from ..distributed import Shard
 from ..models.ensemble import members_of
 from ..errors import first_line
@@ -238,7 +239,8 @@ class UAPAlgorithm:
         fooled = torch.zeros((), device=self.device)
         chunks = indices.split(self.chunk_size) if self.chunk_size else (indices,)
         for chunk in chunks:
-            chunk_grad, losses, chunk_fooled = self._chunk_gradient(chunk, delta)
+            with threads_for(len(chunk) * delta.numel(), self.device):
+                chunk_grad, losses, chunk_fooled = self._chunk_gradient(chunk, delta)
             gradient += chunk_grad
             loss_sum += losses.detach().sum()
             fooled += chunk_fooled

@@ -36,6 +36,7 @@ from typing import ClassVar
 import torch
 
 from .. import metrics
+from ..cpu_threads import threads_for
 from ..params import param
 from .activations import ActivationRecorder, StopForward, conv_layers
 from .adam import AdamUAPAlgorithm
@@ -142,8 +143,9 @@ class DataFreeAdamUAP(AdamUAPAlgorithm):
         images = self.prior_images(indices)
         leaf = self.delta.detach().requires_grad_(True)
         x = self.perturbed(leaf, images)
-        value = self.objective(self.activations(x))
-        (gradient,) = torch.autograd.grad(value, leaf)
+        with threads_for(x.numel(), self.device):
+            value = self.objective(self.activations(x))
+            (gradient,) = torch.autograd.grad(value, leaf)
         count = len(x)
         return gradient, value.detach() * count, self.fooled_in_batch(indices), count
 

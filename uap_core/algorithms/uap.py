@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import metrics
+from ..cpu_threads import threads_for
 from ..evaluation import predict_labels
 from ..params import param
 from .base import UAPAlgorithm
@@ -97,7 +98,7 @@ class UAP(UAPAlgorithm):
         iterations = 0
         while True:
             copies = perturbed.expand(count, -1, -1, -1).clone().requires_grad_(True)
-            with self.autocast():
+            with self.autocast(), threads_for(copies.numel(), self.device):
                 logits = self.model(copies.contiguous(memory_format=torch.channels_last)).float()
             if candidates is None:
                 candidates = logits[0].topk(min(count, logits.shape[1])).indices
@@ -107,7 +108,8 @@ class UAP(UAPAlgorithm):
             if int(logits[0].argmax()) != label or iterations >= self.params.max_iter:
                 break
             chosen = logits[torch.arange(len(candidates), device=self.device), candidates]
-            (grads,) = torch.autograd.grad(chosen.sum(), copies)
+            with threads_for(copies.numel(), self.device):
+                (grads,) = torch.autograd.grad(chosen.sum(), copies)
             w = (grads[1:len(candidates)] - grads[0]).flatten(1)          # w_k = ∇f_k − ∇f_orig
             f = (chosen[1:] - chosen[0]).detach()                          # f_k = f_k(x) − f_orig(x)
             w_norm = w.norm(dim=1).clamp_min(1e-12)
