@@ -13,14 +13,19 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("UAP_SHARED_DIR") or REPO.parent / "shared")
 
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+# The cores are shared between pytest-xdist's workers (pytest.ini: -n 2): each worker gets its share, so two workers
+# on 2 cores run one thread each instead of four threads fighting over two cores. Alone: every core.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
-# The download cache of uap_core.download: a fresh folder for the test session, so no file a developer fetched
-# earlier (~/.cache/uap_explorer) makes a "needs download" test pass or fail by accident.
-if "UAP_CACHE_DIR" not in os.environ:
+# The download cache of uap_core.download: a fresh folder for each test process (each xdist worker its own), so no
+# file a developer fetched earlier (~/.cache/uap_explorer) or another worker's test fetched makes a "needs
+# download" test pass or fail by accident. A folder the developer set is kept.
+if "UAP_CACHE_DIR" not in os.environ or os.environ.get("UAP_TEST_CACHE_PID") not in (None, str(os.getpid())):
     import tempfile  # noqa: E402
 
     os.environ["UAP_CACHE_DIR"] = tempfile.mkdtemp(prefix="uap-test-cache-")
+    os.environ["UAP_TEST_CACHE_PID"] = str(os.getpid())
 
 
 def shared_path(relative: str) -> Path:
