@@ -8,7 +8,8 @@ labelled, are enough except for ``finetune``, which needs labelled images: class
 names) and for a CPU (a Lite0 image-gradient costs about 20 times a CIFAR ResNet-20's). How each study uses Lite0:
 
 - ``transfer_ensembles`` needs several models of the same labels: EfficientNet-Lite0, -Lite1 and -Lite2 ship with
-  the package (offline), so the surrogates are Lite0, Lite1 and their ensemble, the targets all three;
+  the package (offline), so the surrogates are Lite0 and Lite1, the targets all three (no ensemble surrogate: an
+  ensemble's members must share one input size, and the three take 224, 240 and 260 pixels);
 - ``finetune`` fine-tunes Lite0 itself on the folder's labelled images (its train split), a few epochs;
 - ``geometry`` computes DeepFool normals at d = 3·224·224 = 150,528 (the paper's own dimension), so the subspaces
   swept are small (k = 2, 5, 10 of 12 normals).
@@ -41,7 +42,7 @@ _LITE0_OVERRIDES: dict[str, dict[str, Any]] = {
                       "seeds": [0], "holdout": 12, "min_steps": 10},
     "batch_stability": {"model": LITE0, "eps": 10 / 255, "fit": 12, "holdout": 12, "batch_sizes": [2, 6],
                         "sga_batch": 6, "sga_minibatches": [2], "inner_passes": 2, "budget": 120},
-    "transfer_ensembles": {"surrogates": [LITE0, "efficientnet_lite1", f"{LITE0}+efficientnet_lite1"],
+    "transfer_ensembles": {"surrogates": [LITE0, "efficientnet_lite1"],
                            "targets": [LITE0, "efficientnet_lite1", "efficientnet_lite2"], "methods": ["sgd_uap"],
                            "eps": 10 / 255, "fit": 12, "holdout": 12, "epochs": 5},
     "dominant_labels": {"model": LITE0, "eps": 10 / 255, "method": "sgd_uap", "fit": 12, "holdout": 12,
