@@ -38,15 +38,17 @@ _CIFAR_NETWORKS = {"cifar_resnet20": resnet20, "cifar_resnet56": resnet56}
 # ---------------------------------------------------------------------------------------------- weights
 def weights_dirs() -> list[Path]:
     """Folders searched for weights files, in order: $UAP_WEIGHTS_DIR, torch hub's checkpoint cache, the project's
-    download cache (:func:`uap_core.download.default_cache_dir`) and the test data folder of the development
-    checkout (../shared/models/cifar10-resnet)."""
+    download cache (:func:`uap_core.download.default_cache_dir`), and the project's test data
+    (``$UAP_SHARED_DIR/models/cifar10-resnet``) only where that folder exists — so a clone without it never
+    names it."""
     dirs = []
     if os.environ.get("UAP_WEIGHTS_DIR"):
         dirs.append(Path(os.environ["UAP_WEIGHTS_DIR"]))
     dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
     dirs.append(default_cache_dir())
-    shared = Path(os.environ.get("UAP_SHARED_DIR", REPO_ROOT.parent / "shared"))
-    dirs.append(shared / "models" / "cifar10-resnet")
+    test_data = Path(os.environ.get("UAP_SHARED_DIR") or REPO_ROOT.parent / "shared") / "models" / "cifar10-resnet"
+    if test_data.is_dir():
+        dirs.append(test_data)
     return dirs
 
 

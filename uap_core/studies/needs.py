@@ -104,7 +104,7 @@ def _images_need(source: str, required: int, input_size: int) -> Need:
     from ..datasets import find_cifar10_test
 
     if source.strip() == CIFAR10_TEST:
-        found = find_cifar10_test()
+        found = find_cifar10_test(CIFAR10_BINARY)
         have = f"{required:,} of the {CIFAR10_TEST_IMAGES:,} CIFAR-10 test images"
         if required > CIFAR10_TEST_IMAGES:
             return Need("images", source, "missing", f"images: {required:,} needed but the CIFAR-10 test set has "
