@@ -290,7 +290,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         uaps[name] = load_uap(path)
     started = time.perf_counter()
     matrix = transfer_matrix(uaps, args.models, args.images, _device(args.device), args.limit, stream=args.stream,
-                             workers=args.workers)
+                             workers=args.workers, noise=True)
     scale = _finish_ranks(time.perf_counter() - started)
     if not distributed.is_main():
         return 0 if not matrix.errors or len(matrix.errors) < len(args.models) else EXIT_ERROR
