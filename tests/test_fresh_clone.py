@@ -194,3 +194,48 @@ def test_offline_the_study_cli_prints_one_line_and_exits_2(fresh_home, monkeypat
         assert needed in errors[0], (needed, errors[0])
     assert "no-shared" not in errors[0] and "shared" not in errors[0], "no development folder is named"
     assert not [p for p in fresh_home.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+
+
+def test_the_lite0_setup_runs_offline_on_the_embedded_samples(fresh_home, tmp_path, monkeypatch):
+    """The other setup, side by side with CIFAR-10: EfficientNet-Lite0 on the user's images. A folder with too few
+    images is refused before the start (one line: how many are needed, how many it holds); the embedded samples
+    need nothing downloaded, and a tiny study runs to its figure without any server."""
+    monkeypatch.setenv("UAP_DOWNLOAD_MIRROR", _dead_url())
+    at = _page()
+    at.radio(key="study_setup").set_value("lite0").run()
+    lite = "study_lite0_images_needed_"
+    assert at.text_input(key=lite + "model").value == "efficientnet_lite0"
+    assert at.text_input(key=lite + "fit_sizes").value == "2,5,10", "the setup's small defaults"
+    assert not [t for t in at.text_input if t.key and t.key.endswith("images_needed_images")], "a picker instead"
+
+    few = tmp_path / "few"
+    few.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (40, 40), (60 * i, 90, 200)).save(few / f"photo{i}.png")
+    at.radio(key="study_src_images_kind").set_value("folder").run()
+    at.text_input(key="study_src_folder").set_value(str(few)).run()
+    _run(at)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "22 needed" in errors[0] and "holds 3" in errors[0], errors
+
+    at.radio(key="study_src_images_kind").set_value("samples").run()
+    needs = _needs_text(at)
+    assert "efficientnet_lite0: ready" in needs and "of the 25 in the embedded samples" in needs
+    assert "download" not in needs.replace(":material/download:", "")
+    at.text_input(key=lite + "fit_sizes").set_value("1,2")
+    at.text_input(key=lite + "device").set_value("cpu")
+    at.number_input(key=lite + "holdout").set_value(2)
+    at.number_input(key=lite + "epochs").set_value(1)
+    at.number_input(key=lite + "min_steps").set_value(1)
+    _run(at)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    deadline = time.monotonic() + 120
+    while not at.get("plotly_chart") or at.get("progress"):
+        assert time.monotonic() < deadline, [p.proto.text for p in at.get("progress")]
+        time.sleep(0.3)
+        at.run()
+        assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert not list(fresh_home.parent.rglob("*.part")) and not fresh_home.exists(), "nothing fetched"
