@@ -1,7 +1,8 @@
 """A fresh clone's user, as the issue tells it: no ../shared, an empty home, the download hosts replaced by a local
 HTTP server started here (no network) — the Studies page's CIFAR-10 setup says what it needs (a weights download
 and the 170 MB archive, with sizes), downloads both on Run through uap_core.download (st.progress fed byte by
-byte, checksums, the archive converted into the cache, no partial file left), then runs the study to its figure.
+byte, a broken connection resumed, checksums, the archive converted into the cache, no partial file left), then
+runs the study to its figure.
 A corrupt archive is refused with one line and nothing left in the cache; with no server at all the page shows one
 line and keeps the form, and the CLI prints one line and exits 2 without a traceback.
 
@@ -16,13 +17,17 @@ import dataclasses
 import functools
 import hashlib
 import io
+import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from test_datasets import _cifar_archive, _dead_url, _records, _Server, _test_remote
+from test_datasets import _cifar_archive, _dead_url, _records, _test_remote
 from ui_helpers import ROOT
 from uap_core import datasets, images
 from uap_core.download import CIFAR10_BINARY, CIFAR10_RESNET20
@@ -51,6 +56,55 @@ def fresh_home(tmp_path, monkeypatch):
     for name in ("UAP_CACHE_DIR", "UAP_DATA_DIR", "UAP_WEIGHTS_DIR", "XDG_CACHE_HOME", "TORCH_HOME"):
         monkeypatch.delenv(name, raising=False)
     return home / ".cache" / "uap_explorer"
+
+
+class _Server:
+    """A local HTTP server of one folder that honours Range requests and, for the names in ``cut_once``, closes
+    the first connection halfway through the body (an interrupted download). Records (path, Range header)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        self.cut_once: set[str] = set()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                name = self.path.lstrip("/")
+                server.requests.append((self.path, self.headers.get("Range")))
+                path = folder / name
+                if "/" in name or not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get(
+                    "Range") else 0
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                if name in server.cut_once:
+                    server.cut_once.discard(name)
+                    self.wfile.write(data[start:start + (len(data) - start) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(data[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def _weights_bytes() -> bytes:
@@ -135,9 +189,12 @@ def test_the_studies_page_downloads_what_it_needs_then_runs(hosts, fresh_home, m
     assert server.paths == [], "nothing is fetched before Run"
 
     _tiny(at)
+    server.cut_once.add(CIFAR10_BINARY.name)  # the archive's first connection breaks halfway: resumed by a Range
     _run(at)
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert sorted(server.paths) == sorted([f"/{CIFAR10_BINARY.name}", f"/{CIFAR10_RESNET20.name}"])
+    archive_requests = [r for p, r in server.requests if p == f"/{CIFAR10_BINARY.name}"]
+    assert archive_requests == [None, f"bytes={len(archive) // 2}-"], server.requests
+    assert server.paths.count(f"/{CIFAR10_RESNET20.name}") == 1
     by_file = {what: [(done, total) for w, done, total in reported if w == what] for what, _, _ in reported}
     assert by_file[datasets.CIFAR10_TEST][-1] == (len(archive), len(archive))
     assert by_file["cifar_resnet20"][-1][0] == by_file["cifar_resnet20"][-1][1] > 0
