@@ -18,7 +18,7 @@ from uap_ui.page import setup_page
 from uap_ui.session import current_workspace
 from uap_ui.widgets import SAMPLES_CHOICE
 
-EXPLAINER = Path(__file__).resolve().parent / "uap_ui" / "assets" / "explainer.png"
+EXPLAINER = Path(uap_ui.__file__).resolve().parent / "assets" / "explainer.png"  # a checkout's or an install's
 
 workspace = setup_page("Home")
 st.title("UAP Explorer")

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--json", action="store_true")
     _add_scale_options(transfer, "the images")
     _add_study_parser(commands)
+    app = commands.add_parser("app", help="start the explorer (Streamlit) on the bundled pages",
+                              description="Start the Streamlit app (the Home page and its five pages). Options "
+                                          "after the command go to `streamlit run`, e.g. `uap app "
+                                          "--server.port 8502 --server.headless true`.")
+    app.set_defaults(streamlit_options=[])  # every option after `app` (main passes the ones it does not know)
     return parser
 
 
@@ -285,7 +290,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         uaps[name] = load_uap(path)
     started = time.perf_counter()
     matrix = transfer_matrix(uaps, args.models, args.images, _device(args.device), args.limit, stream=args.stream,
-                             workers=args.workers)
+                             workers=args.workers, noise=True)
     scale = _finish_ranks(time.perf_counter() - started)
     if not distributed.is_main():
         return 0 if not matrix.errors or len(matrix.errors) < len(args.models) else EXIT_ERROR
@@ -422,8 +427,31 @@ DISTRIBUTED_COMMANDS = ("generate", "evaluate", "transfer")
 
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    """``streamlit run <the bundled app.py> <its .streamlit settings> <the options given>``; on POSIX the process
+    becomes Streamlit's (so a signal to it stops the server), elsewhere it waits for it."""
+    import importlib.util
+    import subprocess
+
+    from .bundled import APP_SCRIPT, app_dir, streamlit_options
+
+    folder = app_dir()
+    if folder is None:
+        raise UAPError("the app's files (app.py, pages/) are not installed beside uap_ui: reinstall the package "
+                       "(pip install .) or run `streamlit run app.py` in a checkout")
+    if importlib.util.find_spec("streamlit") is None:
+        raise UAPError("the app needs Streamlit: pip install streamlit (or pip install -r requirements.txt)")
+    command = [sys.executable, "-m", "streamlit", "run", str(folder / APP_SCRIPT), *streamlit_options(folder),
+               *[option for option in args.streamlit_options if option != "--"]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execv(sys.executable, command)
+    return subprocess.call(command)
+
+
 COMMANDS = {"list-models": cmd_list_models, "generate": cmd_generate, "evaluate": cmd_evaluate,
-            "transfer": cmd_transfer, "study": cmd_study}
+            "transfer": cmd_transfer, "study": cmd_study, "app": cmd_app}
 
 
 def _output_folder(text: str) -> Path:
@@ -441,7 +469,12 @@ def _output_folder(text: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "app":
+        args.streamlit_options = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command in DISTRIBUTED_COMMANDS and distributed.launched():
             distributed.init_from_env(_device(args.device))

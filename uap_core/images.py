@@ -40,7 +40,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SYMBOLIC_SOURCES = ("samples", CIFAR10_TEST)  # source strings that name no path
 MAX_PIXELS = 64_000_000  # decompression-bomb guard: refuse images above 64 megapixels
 _MAX_ASPECT = 4  # longer/shorter side kept before resizing; only the centre is ever used
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 _WNID_FILE = re.compile(r"^(n\d{8})(?:[_.\-]|$)")
 _SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 _CACHE: OrderedDict[tuple, ImageSet] = OrderedDict()
@@ -245,7 +244,9 @@ def decode_image(data: bytes, name: str, size: int, resize: int) -> torch.Tensor
 
 @lru_cache(maxsize=1)
 def _wnid_index() -> dict[str, int]:
-    path = _REPO_ROOT / "assets" / "imagenet_wnids.txt"
+    from .bundled import assets_dir
+
+    path = assets_dir() / "imagenet_wnids.txt"
     wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(wnids) != 1000:
         raise ImageSourceError(f"{path} must list 1000 ImageNet wnids, found {len(wnids)}")

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import SAFETENSORS_SUFFIX, UAPArtifact, load_uap, load_uap_bytes, save_uap
+from .bundled import assets_dir
 from .atomic import move_all_no_clobber
 from .errors import ArtifactError, ParameterError
 
@@ -311,7 +312,7 @@ class UAPLibrary:
         self._cache.pop(path, None)
 
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "uaps"
+SHIPPED_DIR = assets_dir() / "uaps"
 SHIPPED_SOURCE = "shipped"
 
 

@@ -10,7 +10,7 @@ gather the per-image results; either way the counts are those of the in-memory, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -88,32 +88,66 @@ def streamed_report(model: Classifier, images: ImageSet | ImageStream, delta: to
 
 @dataclass
 class TransferMatrix:
-    """fooling_ratio[i][j]: UAP i on model j (None where the model could not be loaded: see errors)."""
+    """fooling_ratio[i][j]: UAP i on model j (None where the model could not be loaded: see errors).
+    noise: the baseline rows, "random ±8/255 noise" (one per distinct budget of the UAPs) → per model the fooling
+    ratio of random noise of that norm and size (:func:`uap_core.metrics.random_perturbation`); empty unless
+    asked for."""
 
     uap_names: list[str]
     model_names: list[str]
     fooling_ratio: list[list[float | None]]
     errors: dict[str, str]
     image_count: int
+    noise: dict[str, list[float | None]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"uaps": self.uap_names, "models": self.model_names, "fooling_ratio": self.fooling_ratio,
-                "errors": self.errors, "images": self.image_count}
+        found = {"uaps": self.uap_names, "models": self.model_names, "fooling_ratio": self.fooling_ratio,
+                 "errors": self.errors, "images": self.image_count}
+        return {**found, "random_noise": self.noise} if self.noise else found
 
     def table(self) -> str:
-        width = max([len(n) for n in self.uap_names] + [8])
-        head = " " * width + "".join(f" {m[:14]:>14}" for m in self.model_names)
-        rows = [head]
-        for name, row in zip(self.uap_names, self.fooling_ratio):
-            cells = "".join(f" {'—' if v is None else f'{v:.3f}':>14}" for v in row)
+        """The matrix as text: a column per model as wide as its name (at least a number's), a row per UAP, then
+        the random-noise rows."""
+        rows_in = [*zip(self.uap_names, self.fooling_ratio), *self.noise.items()]
+        width = max([len(name) for name, _ in rows_in] + [8])
+        widths = [max(len(m), 6) for m in self.model_names]
+        rows = [" " * width + "".join(f"  {m:>{w}}" for m, w in zip(self.model_names, widths))]
+        for name, row in rows_in:
+            cells = "".join(f"  {'—' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(row, widths))
             rows.append(f"{name:<{width}}{cells}")
         return "\n".join(rows)
+
+
+def noise_budgets(uaps: dict[str, UAPArtifact]) -> dict[str, tuple[str, str]]:
+    """One random-noise baseline per distinct budget of ``uaps``: its row label ("random ±8/255 noise", "random
+    L2 1.5 noise") → (the first UAP of that budget, its norm). The budget is the norm the metadata names (L∞ when
+    none) at δ's own size: ‖δ‖∞ or ‖δ‖₂."""
+    found: dict[str, tuple[str, str]] = {}
+    for name, artifact in uaps.items():
+        metadata = artifact.metadata if isinstance(artifact.metadata, dict) else {}
+        norm = metadata.get("norm") if metadata.get("norm") in ("linf", "l2") else "linf"
+        delta = artifact.delta.detach().float()
+        if norm == "linf":
+            size = float(delta.abs().max()) * 255
+            text = f"±{round(size)}/255" if abs(size - round(size)) < 0.05 else f"±{size:.1f}/255"
+        else:
+            text = f"L2 {float(delta.norm()):.3g}"
+        found.setdefault(f"random {text} noise", (name, norm))
+    return found
+
+
+def _noise_like(artifact: UAPArtifact, norm: str, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """Seeded random noise (3, *size) of ``artifact``'s budget: ±‖δ‖∞ of δ as saved under L∞ (the row's label,
+    whatever the input size), under L2 the ‖·‖₂ of δ resampled to ``size`` (what the UAP brings to that model)."""
+    delta = artifact.delta.detach().float().cpu()
+    budget = float(delta.abs().max()) if norm == "linf" else float(resample_delta(delta, size).norm())
+    return metrics.random_perturbation((3, *size), budget, norm, torch.Generator().manual_seed(seed), "cpu")
 
 
 def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images: str | ImageSet, device: str = "auto",
                     limit: int | None = None, precision: str = "auto",
                     models: dict[str, Classifier] | None = None, stream: str = "off",
-                    workers: int | None = None) -> TransferMatrix:
+                    workers: int | None = None, noise: bool = False) -> TransferMatrix:
     """The black-box table: the held-out fooling ratio of every UAP on every model, forward-only.
 
     uaps: name → artifact; images: an image source (see images.load_images), decoded once per model size — or
@@ -122,6 +156,8 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
     stream: "on" / "off" / "auto" (see :func:`~uap_core.images.should_stream`): read the images from disk in one
     pass per model (all UAPs on each batch) through ``workers`` DataLoader processes. Under torchrun the batches
     are shared among the ranks (streamed or not) and the per-image labels gathered.
+    noise: also measure random noise of each distinct budget of the UAPs (:func:`noise_budgets`) on every model
+    (seed 0, at the model's input size): the rows to judge the others against.
     """
     decoded = images if isinstance(images, ImageSet) else None  # already decoded (e.g. a study's held-out set)
     streaming = decoded is None and should_stream(stream, images)
@@ -129,6 +165,8 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
 
     resolved = distributed.local_device(resolve_device(device))
     values: list[list[float | None]] = [[None] * len(model_names) for _ in uaps]
+    budgets = noise_budgets(uaps) if noise else {}
+    noise_values: dict[str, list[float | None]] = {label: [None] * len(model_names) for label in budgets}
     errors: dict[str, str] = {}
     count = 0
     for column, name in enumerate(model_names):
@@ -143,10 +181,15 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
             source = image_set if streaming else image_set.pixels
             size = (image_set.size,) * 2 if streaming else tuple(image_set.pixels.shape[2:])
             deltas = [resample_delta(artifact.delta, size) for artifact in uaps.values()]
-            found = predict_many(model, source, [None] + deltas, chosen, across_ranks=True, workers=workers)
+            noises = [_noise_like(uaps[name], norm, size) for name, norm in budgets.values()]
+            found = predict_many(model, source, [None] + deltas + noises, chosen, across_ranks=True,
+                                 workers=workers)
             count = found.count
             for row in range(len(deltas)):
                 values[row][column] = metrics.fooling_ratio(found.labels[0], found.labels[row + 1])
+            for k, label in enumerate(budgets):
+                noise_values[label][column] = metrics.fooling_ratio(found.labels[0],
+                                                                    found.labels[len(deltas) + 1 + k])
             continue
         image_set = decoded if decoded is not None else images_for(model, images, limit)
         count = len(image_set)
@@ -155,4 +198,8 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
         for row, artifact in enumerate(uaps.values()):
             delta = resample_delta(artifact.delta, tuple(pixels.shape[2:])).to(resolved)
             values[row][column] = evaluate(model, pixels, delta, clean_labels=clean, precision=chosen).fooling_ratio
-    return TransferMatrix(list(uaps), list(model_names), values, errors, count)
+        for label, (name, norm) in budgets.items():
+            delta = _noise_like(uaps[name], norm, tuple(pixels.shape[2:])).to(resolved)
+            noise_values[label][column] = evaluate(model, pixels, delta, clean_labels=clean,
+                                                   precision=chosen).fooling_ratio
+    return TransferMatrix(list(uaps), list(model_names), values, errors, count, noise_values)

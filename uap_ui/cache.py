@@ -115,6 +115,24 @@ def npz_upload_path(name: str, data: bytes) -> str:
     return str(path)
 
 
+def upload_folder(files: list[tuple[str, bytes]]) -> str:
+    """Store uploaded image files in a folder of the temp folder (a study reads its images from a source string);
+    the same uploads → the same folder. File names are reduced to their last part (no path can escape it)."""
+    folder = Path(tempfile.gettempdir()) / "uap_explorer_uploads" / upload_digest(files)[:24]
+    if not folder.is_dir():
+        staging = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+        staging.mkdir(parents=True, exist_ok=True)
+        for i, (name, data) in enumerate(files):
+            (staging / f"{i:05d}_{Path(name).name or 'image'}").write_bytes(data)
+        try:
+            staging.replace(folder)
+        except OSError:  # another session stored the same uploads meanwhile
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(folder)
+
+
 @dataclass
 class CleanPredictions:
     logits: torch.Tensor  # (N, C) on the model's device

@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+
+from uap_core.bundled import app_dir
 from streamlit.errors import StreamlitAPIException
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = app_dir() or Path(__file__).resolve().parent.parent  # the app's folder: the checkout, or uap_ui/_app
 
 # (script relative to the app's folder, label, icon); a page whose file is absent is left out
 PAGES = (

@@ -24,6 +24,7 @@ from uap_core.jsonable import jsonable
 from uap_core.params import describe
 from uap_core.studies import Study, StudyProgress, StudyResult, get_study
 from uap_core.studies.base import table_csv
+from uap_core.studies.needs import StudyNeeds, fetch_needs
 
 from .jobs import Task, Workspace
 
@@ -114,12 +115,16 @@ def number_text(value: float) -> str:
     return f"{value:g}"
 
 
-def settings_form(cls: type[Study], prefix: str) -> dict[str, Any]:
+def settings_form(cls: type[Study], prefix: str, defaults: dict[str, Any] | None = None,
+                  skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """One widget per setting of ``cls.Settings`` (their help as tooltips), laid out in rows of COLUMNS; returns
     the raw values (uap_core.params.parse_params validates them when the study is built). Lists without choices are
-    comma-separated text, lists with choices multiselects, floats text (n/255 accepted)."""
+    comma-separated text, lists with choices multiselects, floats text (n/255 accepted). ``defaults`` replace the
+    settings' own (a setup's, :func:`uap_core.studies.setups.setup_defaults`); ``skip``: settings given elsewhere
+    on the page (e.g. the images, from an image picker)."""
     values: dict[str, Any] = {}
-    specs = [spec for spec in describe(cls.Settings) if spec["form"]]
+    specs = [{**spec, "default": (defaults or {}).get(spec["name"], spec["default"])}
+             for spec in describe(cls.Settings) if spec["form"] and spec["name"] not in skip]
     for start in range(0, len(specs), COLUMNS):
         columns = st.columns(COLUMNS)
         for column, spec in zip(columns, specs[start:start + COLUMNS]):
@@ -184,6 +189,31 @@ def check_paths(cls: type[Study], values: dict[str, Any]) -> None:
                     spaces.check_path(member.strip()[len(FILE_PREFIX):].split("?", 1)[0])
 
 
+# ---------------------------------------------------------------------------------------------- before the start
+def show_needs(needs: StudyNeeds) -> None:
+    """What the study needs (models, images, downloads), one line each, before it starts."""
+    icons = {"ready": ":material/check_circle:", "download": ":material/download:", "missing": ":material/error:"}
+    lines = "\n".join(f"- {icons.get(item.state, '')} {item.text}" for item in needs.items)
+    st.markdown(f"**This study needs** (with the settings as last submitted):\n{lines}")
+
+
+def fetch_with_progress(needs: StudyNeeds) -> None:
+    """Download what ``needs`` lists as due, one ``st.progress`` bar per file (MB done of MB in all). Raises the
+    core's one-line DownloadError when offline; what was fetched before stays in the cache."""
+    bars: dict[str, Any] = {}
+
+    def report(what: str, done: int, total: int) -> None:
+        text = f"downloading {what}: {done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"downloading {what}"
+        bar = bars.get(what)
+        fraction = min(1.0, done / total) if total else 0.0
+        if bar is None:
+            bars[what] = st.progress(fraction, text=text)
+        else:
+            bar.progress(fraction, text=text)
+
+    fetch_needs(needs, progress=report)
+
+
 # ---------------------------------------------------------------------------------------------- results
 def figure_of(result: StudyResult):
     """The study's own figure of ``result`` (its class by name)."""
@@ -216,5 +246,5 @@ def about(cls: type[Study]) -> str:
     return (sys.modules[cls.__module__].__doc__ or "").strip()
 
 
-__all__ = ["TASK", "StudyLive", "about", "check_paths", "current", "downloads", "figure_of", "json_bytes",
-           "number_text", "settings_form", "start_study", "stop"]
+__all__ = ["TASK", "StudyLive", "about", "check_paths", "current", "downloads", "fetch_with_progress", "figure_of",
+           "json_bytes", "number_text", "settings_form", "show_needs", "start_study", "stop"]

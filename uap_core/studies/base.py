@@ -175,6 +175,16 @@ class Study:
     def _run(self) -> Iterator[tuple[float, str]]:
         raise NotImplementedError
 
+    def images_required(self) -> int:
+        """How many images the image source must hold for these settings (the parts the study splits it into):
+        ``fit + holdout`` unless a study says otherwise. What :mod:`uap_core.studies.needs` reports before a run."""
+        s = self.settings
+        return int(getattr(s, "fit", 0)) + int(getattr(s, "holdout", 0))
+
+    def models_used(self) -> list[str]:
+        """The registry names of the single models these settings load (ensemble members listed one by one)."""
+        return [self.settings.model]
+
     def finish(self) -> None:
         """Compute ``self.summary_values`` from the tables (called also when stopped)."""
 

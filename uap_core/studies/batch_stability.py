@@ -58,7 +58,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ParameterError
-from ..models import get_spec, resolve_device
+from ..models import get_spec, member_names, resolve_device
 from ..params import param
 from ..run_types import NORMS
 from . import figures
@@ -109,6 +109,9 @@ class BatchStability(Study):
         resolve_device(s.device)
         if len(set(s.seeds)) != len(s.seeds):
             raise ParameterError("seeds must not repeat a value")
+
+    def models_used(self) -> list[str]:
+        return member_names(self.settings.model)
 
     def configurations(self) -> list[tuple[str, int, int | None]]:
         """(method, batch size, inner mini-batch or None) per run, in order: SGD-UAP's batches, then SGA's."""

@@ -96,6 +96,17 @@ def check_split(images: ImageSet, *counts: int) -> None:
                              f"source has {len(images)}; lower the counts")
 
 
+def held_out_only(images: ImageSet, fit: int, holdout: int, seed: int) -> ImageSet:
+    """The held-out images of a study that fits nothing (a saved UAP): the same ``holdout`` images a fit would have
+    left out (``images.split(fit', holdout, seed)`` with fit' = min(fit, what remains), so a saved UAP is measured
+    where a fitted one would be) while at least one image remains beside them; when the source holds exactly
+    ``holdout`` images, all of them, in the seed's order."""
+    if len(images) > holdout:
+        return images.split(max(1, min(fit, len(images) - holdout)), holdout, seed)[1]
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(seed)))
+    return images.subset(order[:holdout])
+
+
 def method_params(method: str, batch_size: int) -> dict[str, Any]:
     """The ``params`` of a Run: the method's batch size where it has one and ``batch_size`` > 0, else none."""
     if batch_size <= 0:
@@ -159,8 +170,9 @@ class DominantLabelsSettings:
     holdout: int = param(1000, "Held-out images every measure is taken on.", 1, 1_000_000)
     epochs: int = param(0, "Epochs of the fit (0: the method's default; SGA: 20).", 0, 10_000)
     batch_size: int = param(0, "Batch size of the fit (0: the method's default; SGA: 250).", 0, 100_000)
-    top_flows: int = param(15, "Clean → perturbed flows drawn in the Sankey; the rest are grouped as 'other'.",
-                           1, 1000)
+    top_flows: int = param(10, "Labels drawn on their own in the Sankey: the most frequent perturbed labels of the "
+                               "fooled images (the rest: one 'other' target; unfooled images: 'unchanged') and "
+                               "the clean labels with the most images (the rest: 'other').", 1, 1000)
     seed: int = param(0, "Seed of the split, the fit and the random noise.", 0, 2**31 - 1)
 
 
@@ -185,6 +197,10 @@ class DominantLabels(Study):
         self.info: dict[str, Any] = {}
         self._last_run: Run | None = None
 
+    def images_required(self) -> int:
+        """fit + holdout when the UAP is fitted here; a saved UAP needs the held-out images only."""
+        return self.settings.holdout + (0 if self.settings.uap else self.settings.fit)
+
     # ------------------------------------------------------------------------------------------ the work
     def _run(self) -> Iterator[tuple[float, str]]:
         s = self.settings
@@ -200,9 +216,8 @@ class DominantLabels(Study):
                 raise ParameterError(f"uap {s.uap!r}: {e}") from None
             delta = artifact.delta.to(device)
             norm = artifact.metadata.get("norm") if artifact.metadata.get("norm") in ("linf", "l2") else s.norm
-            check_split(images, 1, s.holdout)
-            fit_count = max(1, min(s.fit, len(images) - s.holdout))
-            _, holdout = images.split(fit_count, s.holdout, s.seed)
+            check_split(images, s.holdout)  # nothing is fitted: every image may be held out
+            holdout = held_out_only(images, s.fit, s.holdout, s.seed)
             self.info.update(uap_source=str(path), uap_model=artifact.metadata.get("model"),
                              uap_algorithm=artifact.metadata.get("algorithm"), fit_images=None)
         else:
@@ -327,13 +342,20 @@ class DominantLabels(Study):
                              marker_color=["#d62728" if h["label"] == delta_label else "#9467bd" for h in histogram],
                              name="perturbed label count", showlegend=False,
                              hovertemplate="%{x}: %{y} images<extra></extra>"), row=1, col=2)
-        sources = list(dict.fromkeys(f["source_label"] for f in flows))  # nodes by label id (names may repeat)
-        targets = list(dict.fromkeys(f["target_label"] for f in flows))
+        # nodes by label id (names may repeat); "other" and "unchanged" last, grey; each with its image count
         source_names = {f["source_label"]: f["source"] for f in flows}
         target_names = {f["target_label"]: f["target"] for f in flows}
-        labels = [f"{source_names[k]} (clean)" for k in sources] + [f"→ {target_names[k]}" for k in targets]
+        into = {k: sum(f["count"] for f in flows if f["target_label"] == k) for k in target_names}
+        out_of = {k: sum(f["count"] for f in flows if f["source_label"] == k) for k in source_names}
+        sources = sorted(source_names, key=lambda k: (k < 0, -out_of[k], k))
+        targets = sorted(target_names, key=lambda k: (k < 0, -into[k], -k))
+        labels = ([f"{source_names[k]} ({out_of[k]})" for k in sources]
+                  + [f"→ {target_names[k]} ({into[k]})" for k in targets])
+        colors = (["#1f77b4" if k >= 0 else "#c7c7c7" for k in sources]
+                  + ["#d62728" if k == delta_label else "#9467bd" if k >= 0 else "#c7c7c7" for k in targets])
         fig.add_trace(go.Sankey(
-            node=dict(label=labels, pad=8, thickness=14),
+            arrangement="snap", textfont=dict(size=11),
+            node=dict(label=labels, color=colors, pad=12, thickness=14),
             link=dict(source=[sources.index(f["source_label"]) for f in flows],
                       target=[len(sources) + targets.index(f["target_label"]) for f in flows],
                       value=[f["count"] for f in flows])), row=2, col=1)
@@ -349,26 +371,38 @@ class DominantLabels(Study):
         return fig
 
 
+OTHER_LABEL = -1  # a Sankey node of every label not drawn on its own
+UNCHANGED_LABEL = -2  # the Sankey target of the images whose label δ does not change
+
+
 def flow_rows(clean: torch.Tensor, perturbed: torch.Tensor, names: list[str], top: int) -> list[dict[str, Any]]:
-    """Links of the Sankey: the ``top`` largest (clean, perturbed) label pairs by count; every other pair is
-    grouped into (its clean label, "other") when that clean label is among the kept sources, else into
-    ("other", "other"). The counts add up to the number of images. clean, perturbed: (N,) int64 labels."""
+    """Links of the Sankey, grouped by the perturbed labels that matter, so that it reads at 1,000 classes too.
+
+    Targets: the ``top`` most frequent perturbed labels among the fooled images (a UAP's dominant labels) each
+    its own node; every other fooled image goes to "other" (label -1); an image whose label δ leaves alone goes to
+    "unchanged" (label -2), not to a node of its own class. Sources: the ``top`` clean labels with the most images,
+    the rest "other" (-1). One row per (source, target) with a count, largest first; the counts add up to the
+    number of images. clean, perturbed: (N,) int64 labels."""
+    clean_list, perturbed_list = clean.tolist(), perturbed.tolist()
+    fooled_counts: dict[int, int] = {}
+    clean_counts: dict[int, int] = {}
+    for c, p in zip(clean_list, perturbed_list):
+        clean_counts[c] = clean_counts.get(c, 0) + 1
+        if c != p:
+            fooled_counts[p] = fooled_counts.get(p, 0) + 1
+    targets = {k for k, _ in sorted(fooled_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]}
+    sources = {k for k, _ in sorted(clean_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]}
     pairs: dict[tuple[int, int], int] = {}
-    for c, p in zip(clean.tolist(), perturbed.tolist()):
-        pairs[(c, p)] = pairs.get((c, p), 0) + 1
-    ordered = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
-    kept, rest = ordered[:top], ordered[top:]
-    kept_sources = {c for (c, _), _ in kept}
-    rows = [{"source": names[c], "target": names[p], "source_label": c, "target_label": p, "count": n}
-            for (c, p), n in kept]
-    grouped: dict[int, int] = {}  # clean label (-1: other) -> count
-    for (c, _), n in rest:
-        key = c if c in kept_sources else -1
-        grouped[key] = grouped.get(key, 0) + n
-    for label, n in sorted(grouped.items(), key=lambda kv: (-kv[1], kv[0])):
-        rows.append({"source": names[label] if label >= 0 else "other", "target": "other", "source_label": label,
-                     "target_label": -1, "count": n})
-    return rows
+    for c, p in zip(clean_list, perturbed_list):
+        target = UNCHANGED_LABEL if c == p else p if p in targets else OTHER_LABEL
+        key = (c if c in sources else OTHER_LABEL, target)
+        pairs[key] = pairs.get(key, 0) + 1
+
+    def name(label: int, unchanged: str = "unchanged") -> str:
+        return names[label] if label >= 0 else unchanged if label == UNCHANGED_LABEL else "other"
+
+    return [{"source": name(c), "target": name(p), "source_label": c, "target_label": p, "count": n}
+            for (c, p), n in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def _mean(values) -> float:

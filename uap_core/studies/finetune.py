@@ -104,7 +104,7 @@ class FinetuneSettings:
                       10.0)
     train_batch: int = param(128, "Fine-tuning batch size.", 1, 100_000)
     save_weights: str = param("", "Write the last round's fine-tuned weights to this file (empty: not written; "
-                                  "never inside the shipped or shared weights folders).")
+                                  "never inside a folder the models' weights are read from).")
     seed: int = param(0, "Seed of the split, the fits, the pools and the fine-tuning.", 0, 2**31 - 1)
 
 
@@ -130,6 +130,9 @@ class Finetune(Study):
         self.info: dict[str, Any] = {}
         self.written: Path | None = None
         self._last_run: Run | None = None
+
+    def images_required(self) -> int:
+        return self.settings.train + self.settings.fit + self.settings.holdout
 
     def _run(self) -> Iterator[tuple[float, str]]:
         s = self.settings

@@ -108,6 +108,9 @@ class Geometry(Study):
         check_model(self.settings.model)
         self.info: dict[str, Any] = {}
 
+    def images_required(self) -> int:
+        return self.settings.normals + self.settings.holdout
+
     def _run(self) -> Iterator[tuple[float, str]]:
         s = self.settings
         device = resolve_device(self.device)

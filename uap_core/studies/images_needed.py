@@ -58,7 +58,7 @@ import torch
 
 from ..algorithms import ALGORITHMS
 from ..errors import ParameterError
-from ..models import get_spec, resolve_device
+from ..models import get_spec, member_names, resolve_device
 from ..params import param
 from ..run_types import NORMS
 from .base import CIFAR_TEST_IMAGES, Study, StudyResult, fixed_split
@@ -138,6 +138,12 @@ class ImagesNeeded(Study):
         resolve_device(s.device)
         if len(set(s.methods)) != len(s.methods) or len(set(s.seeds)) != len(s.seeds):
             raise ParameterError("methods and seeds must not repeat a value")
+
+    def images_required(self) -> int:
+        return self.settings.holdout + max(self.settings.fit_sizes)
+
+    def models_used(self) -> list[str]:
+        return member_names(self.settings.model)
 
     # ------------------------------------------------------------------------------------------ the work
     def _run(self) -> Iterator[tuple[float, str]]:

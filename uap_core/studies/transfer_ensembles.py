@@ -68,7 +68,7 @@ import torch
 from ..algorithms import ALGORITHMS
 from ..models.ensemble import member_names
 from ..errors import ParameterError
-from ..models import get_spec, resolve_device
+from ..models import get_spec, member_names, resolve_device
 from ..params import param
 from ..run_types import NORMS
 from . import figures
@@ -139,6 +139,11 @@ class TransferEnsembles(Study):
                 if ensembles:
                     raise ParameterError(f"{method} fits one model at a time; the ensemble surrogate(s) "
                                          f"{', '.join(ensembles)} need a gradient method such as sga or sgd_uap")
+
+    def models_used(self) -> list[str]:
+        s = self.settings
+        names = [member for m in [*s.surrogates, *s.targets] for member in member_names(model_name(m))]
+        return list(dict.fromkeys(names))
 
     # ------------------------------------------------------------------------------------------ the work
     def _run(self) -> Iterator[tuple[float, str]]:
