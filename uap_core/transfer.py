@@ -88,16 +88,22 @@ def streamed_report(model: Classifier, images: ImageSet | ImageStream, delta: to
 
 @dataclass
 class TransferMatrix:
-    """fooling_ratio[i][j]: UAP i on model j (None where the model could not be loaded: see errors)."""
+    """fooling_ratio[i][j]: UAP i on model j (None where the model could not be loaded: see errors).
+    fooling_rate[i][j]: 1 − top-1 accuracy of model j under UAP i against the true labels, over the
+    ``labelled_count`` labelled images (None where no image has a true label, or the model is missing)."""
 
     uap_names: list[str]
     model_names: list[str]
     fooling_ratio: list[list[float | None]]
     errors: dict[str, str]
     image_count: int
+    fooling_rate: list[list[float | None]] | None = None
+    labelled_count: int = 0
 
     def as_dict(self) -> dict:
-        return {"uaps": self.uap_names, "models": self.model_names, "fooling_ratio": self.fooling_ratio,
+        rates = {"fooling_rate": self.fooling_rate, "labelled_images": self.labelled_count} if self.labelled_count \
+            else {"fooling_rate": None, "fooling_rate_reason": "no true labels for these images"}
+        return {"uaps": self.uap_names, "models": self.model_names, "fooling_ratio": self.fooling_ratio, **rates,
                 "errors": self.errors, "images": self.image_count}
 
     def table(self) -> str:
@@ -129,8 +135,9 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
 
     resolved = distributed.local_device(resolve_device(device))
     values: list[list[float | None]] = [[None] * len(model_names) for _ in uaps]
+    rates: list[list[float | None]] = [[None] * len(model_names) for _ in uaps]
     errors: dict[str, str] = {}
-    count = 0
+    count = labelled = 0
     for column, name in enumerate(model_names):
         try:
             model = (models or {}).get(name) or load_model(name, resolved)
@@ -145,8 +152,12 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
             deltas = [resample_delta(artifact.delta, size) for artifact in uaps.values()]
             found = predict_many(model, source, [None] + deltas, chosen, across_ranks=True, workers=workers)
             count = found.count
+            truth = found.truth if streaming else image_set.labels
+            labelled = int((truth >= 0).sum())
             for row in range(len(deltas)):
                 values[row][column] = metrics.fooling_ratio(found.labels[0], found.labels[row + 1])
+                accuracy = metrics.accuracy(found.labels[row + 1], truth)
+                rates[row][column] = None if accuracy is None else 1.0 - accuracy
             continue
         image_set = decoded if decoded is not None else images_for(model, images, limit)
         count = len(image_set)
@@ -154,5 +165,7 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
         clean = evaluate(model, pixels, None, precision=chosen).perturbed_labels.to(resolved)
         for row, artifact in enumerate(uaps.values()):
             delta = resample_delta(artifact.delta, tuple(pixels.shape[2:])).to(resolved)
-            values[row][column] = evaluate(model, pixels, delta, clean_labels=clean, precision=chosen).fooling_ratio
-    return TransferMatrix(list(uaps), list(model_names), values, errors, count)
+            found = evaluate(model, pixels, delta, image_set.labels, clean_labels=clean, precision=chosen)
+            values[row][column], rates[row][column] = found.fooling_ratio, found.fooling_rate
+            labelled = found.labelled
+    return TransferMatrix(list(uaps), list(model_names), values, errors, count, rates, labelled)
