@@ -78,6 +78,7 @@ import torch.nn.functional as F
 
 from .. import metrics
 from ..cpu_threads import threads_for
+from ..errors import ParameterError, first_line
 from ..params import param
 from .adam import AdamUAPAlgorithm
 from .base import AttackSetup
@@ -92,8 +93,7 @@ class DMUAPParams:
                       1e-6, 10.0)
     weight_decay: float = param(0.01, "AdamW's decoupled weight decay on δ (official: PyTorch's default 0.01).",
                                 0.0, 1.0)
-    beta: float = param(9.0, "Clamp of the cross-entropy loss of the δ step (min(CE, beta); official 9).", 1e-3,
-                        1e3)
+    beta: float = param(9.0, "Clamp of the cross-entropy loss (min(CE, beta)).", 1e-3, 1e3)  # the δ step's; official 9
     rho: float = param(4.0, "ρ: L2 radius of the weight perturbation at the last epoch, over all the model's "
                             "parameters at once, absolute (official --rho 4); grows linearly from rho/epochs.",
                        0.0, 1e6)
@@ -131,7 +131,11 @@ class DMUAP(AdamUAPAlgorithm):
                                            weight_decay=float(params.weight_decay))
         self.epoch = 1  # the current epoch, 1-based (end_epoch counts)
         # the copy whose weights the inner problem moves; the run's model is never written to
-        self.working_model = copy.deepcopy(setup.model)
+        try:
+            self.working_model = copy.deepcopy(setup.model)
+        except Exception as exc:  # noqa: BLE001 - e.g. a user's model file that cannot be copied
+            raise ParameterError(f"dm_uap perturbs a copy of the model's weights, and this model cannot be copied "
+                                 f"({type(exc).__name__}: {first_line(exc)}); use another method") from None
         self.working_model.eval().requires_grad_(False)
         self._weights = [p for p in self.working_model.parameters()]
         self._pairs = list(zip(list(self.working_model.parameters()) + list(self.working_model.buffers()),
