@@ -14,7 +14,7 @@ from uap_core.errors import UAPError
 from uap_core.models import model_names
 from uap_core.report import PerturbationReport
 from uap_core.transfer import evaluate_uap
-from uap_ui import analysis, cache, photo, spaces, widgets
+from uap_ui import analysis, cache, photo, runview, spaces, widgets
 from uap_ui.page import setup_page
 
 setup_page("Inspect")
@@ -128,6 +128,7 @@ dominant = result.evaluation.histogram.dominant
 cols[3].metric("Dominant label", dominant.name if dominant else "—",
                help=f"{dominant.share:.0%} of the perturbed images" if dominant else None)
 cols[4].metric("max |δ| at this strength", f"{float(result.delta.abs().max()) * 255:.1f}/255")
+runview.fooling_rate_caption(result.evaluation.fooling_rate_fields())
 if result.resized_from:
     st.caption(f"The perturbation was made at {result.resized_from[0]}×{result.resized_from[1]} and is resampled "
                f"to this model's {tuple(result.delta.shape[1:])[0]}×{tuple(result.delta.shape[1:])[1]} input.")

@@ -33,6 +33,9 @@ def test_generate_evaluate_transfer_on_cifar(cifar_npz, tmp_path):
     # 8 steps of 2/255 (the default 1/255 leaves δ weaker than ±eps noise after 8 steps: 0.265 vs 0.415): measured
     # 0.715 on the 200 held-out images against 0.415 for the run's own random ±eps noise
     assert summary["fooling_ratio"] >= summary["random_fooling_ratio"] + 0.15, summary
+    # CIFAR labels are known: the fooling rate (1 − accuracy under δ) beside the fooling ratio
+    assert summary["labelled_images"] == 200 and "fooling_rate_reason" not in summary
+    assert summary["fooling_rate"] == pytest.approx(1 - summary["attacked_accuracy"])
 
     evaluated = cli("evaluate", "--uap", str(artifact), "--model", "cifar_resnet20", "--images", str(cifar_npz),
                     "--limit", "300", "--device", "cpu", "--json")
@@ -40,6 +43,17 @@ def test_generate_evaluate_transfer_on_cifar(cifar_npz, tmp_path):
     measured = json.loads(evaluated.stdout)
     assert measured["count"] == 300
     assert measured["fooling_ratio"] >= measured["random_fooling_ratio"] + 0.15, measured  # measured 0.787 vs 0.513
+    # the fooling rate against an independent count on the same 300 labelled images
+    from uap_core.artifacts import load_uap
+    from uap_core.images import load_images
+    from uap_core.models import load_model
+    resnet20 = load_model("cifar_resnet20", "cpu")
+    first = load_images(str(cifar_npz), 32, 32, list(resnet20.spec.class_names), limit=300)
+    with torch.no_grad():
+        attacked = resnet20((first.pixels.float() / 255 + load_uap(str(artifact)).delta).clamp(0, 1)).argmax(1)
+        clean = resnet20(first.pixels[:200].float() / 255).argmax(1)
+    assert measured["labelled_images"] == 300
+    assert measured["fooling_rate"] == pytest.approx(1 - (attacked == first.labels).float().mean().item(), abs=1e-6)
 
     # a second UAP to make the matrix 2 × 2
     other = tmp_path / "zero.safetensors"
@@ -51,6 +65,9 @@ def test_generate_evaluate_transfer_on_cifar(cifar_npz, tmp_path):
     matrix = json.loads(table.stdout)
     assert matrix["models"] == ["cifar_resnet20", "cifar_resnet56"]
     assert len(matrix["fooling_ratio"]) == 2 and matrix["fooling_ratio"][1] == [0.0, 0.0]  # zero δ fools nobody
+    # ... but its fooling rate is the model's clean error rate on the 200 labelled images
+    assert matrix["labelled_images"] == 200
+    assert matrix["fooling_rate"][1][0] == pytest.approx(1 - (clean == first.labels[:200]).float().mean().item())
     # the δ on its own model (the first 200 images; measured 0.78) beats random noise there (0.513 on the first 300)
     assert matrix["fooling_ratio"][0][0] >= measured["random_fooling_ratio"] + 0.1, matrix
     text = cli("transfer", "--uap", str(artifact), "--models", "cifar_resnet20", "--images", str(cifar_npz),

@@ -3,9 +3,11 @@ one list of attacks, shared tests), on a tiny CPU conv classifier of 8×8 images
 
 1. δ stays within its budget after every step, under L∞ and under L2, and moves (finite, non-zero);
 2. the same seed gives the same δ bit for bit (whatever the global RNG holds), another seed another δ;
-3. the image-gradients a step reports are the ones it spent: the test counts, on the classifier itself, the images
-   whose input-gradient a backward computed, and ``image_gradients_per_step`` (what a budgeted run plans with)
-   never exceeds what a step reports;
+3. the image-gradients a step reports are the ones it spent: the test counts, on the classifier itself (and on a
+   method's private ``working_model`` copy, DM-UAP's), the images whose input-gradient a backward computed and
+   those whose backward went to the weights only (DM-UAP's weight steps: a forward + backward pass each, counted
+   as one image-gradient), and ``image_gradients_per_step`` (what a budgeted run plans with) never exceeds what a
+   step reports;
 4. a data-free method never reads a fit image: other fit images leave its δ identical bit for bit, for the method
    handed real fit images and for a whole :class:`~uap_core.run.Run` (which hands it none) — while every
    data-driven case (GD-UAP with its "data" prior included) does change with them.
@@ -38,6 +40,7 @@ BUDGETS = {"linf": 0.1, "l2": 0.5}  # eps in pixel units (L2: over the 3·8·8 e
 METHODS: dict[str, dict] = {
     "sga": {"batch_size": 8, "minibatch_size": 4, "inner_passes": 1},
     "sgd_uap": {"batch_size": 4},
+    "dm_uap": {"batch_size": 4, "weight_steps": 2, "image_steps": 2, "rho": 0.5, "image_radius": 20.0},
     "uap": {"images_per_step": 4, "num_candidates": 3},
     "df_uap": {"batch_size": 4},
     "cos_uap": {"batch_size": 4},
@@ -62,22 +65,31 @@ DATA_DEPENDENT_COST = {"uap"}
 
 
 class CountingClassifier(Classifier):
-    """A Classifier that counts what passes through it: ``forward_images`` (every image of every forward) and
-    ``gradient_images`` (images whose input-gradient a backward computed: a hook on the input fires then)."""
+    """A Classifier that counts what passes through it: ``forward_images`` (every image of every forward),
+    ``gradient_images`` (images whose input-gradient a backward computed: a hook on the input fires then) and
+    ``weight_gradient_images`` (images of a forward whose input needs no gradient but whose backward reached the
+    logits: a gradient for the weights only)."""
 
     def __init__(self, network: nn.Module, spec: ModelSpec) -> None:
         super().__init__(network, spec)
         self.forward_images = 0
         self.gradient_images = 0
+        self.weight_gradient_images = 0
 
     def _count_gradient(self, grad: torch.Tensor) -> None:
         self.gradient_images += grad.shape[0]
+
+    def _count_weight_gradient(self, grad: torch.Tensor) -> None:
+        self.weight_gradient_images += grad.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.forward_images += x.shape[0]
         if x.requires_grad:
             x.register_hook(self._count_gradient)
-        return super().forward(x)
+        logits = super().forward(x)
+        if not x.requires_grad and logits.requires_grad:
+            logits.register_hook(self._count_weight_gradient)
+        return logits
 
 
 def contract_model(seed: int = 0) -> CountingClassifier:
@@ -166,11 +178,13 @@ def test_same_seed_same_delta_other_seed_another(name, params):
 def test_counts_the_image_gradients_it_spends(name, params):
     model = contract_model()
     method = build(name, params, model=model)
+    counters = [model] + ([method.working_model] if hasattr(method, "working_model") else [])
     planned = method.image_gradients_per_step()
     for step, batch in enumerate(batches(method), 1):
-        model.gradient_images = 0
+        for counter in counters:
+            counter.gradient_images = counter.weight_gradient_images = 0
         reported = int(method.step(batch)["image_gradients"])
-        spent = model.gradient_images
+        spent = sum(counter.gradient_images + counter.weight_gradient_images for counter in counters)
         assert spent > 0, f"{name} step {step}: no input-gradient was computed"
         if name in UPPER_BOUND:
             assert spent <= reported, f"{name} step {step}: spent {spent} > reported {reported}"
@@ -191,6 +205,9 @@ def test_counting_sees_every_image_of_a_batch():
     with torch.no_grad():
         model(torch.rand(4, 3, SIZE, SIZE))
     assert (model.gradient_images, model.forward_images) == (5, 11)
+    model.requires_grad_(True)  # a backward to the weights only (DM-UAP's weight steps) counts apart
+    torch.autograd.grad(model(torch.rand(3, 3, SIZE, SIZE)).sum(), list(model.parameters()))
+    assert (model.gradient_images, model.weight_gradient_images) == (5, 3)
 
 
 # ---------------------------------------------------------------------------------------------- 4. no fit image

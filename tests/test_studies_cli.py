@@ -47,6 +47,7 @@ def test_tiny_study_writes_csv_json_html(cifar_npz, tmp_path, capsys):
     assert [(r["method"], int(r["fit_images"]), int(r["seed"])) for r in rows] == [("sgd_uap", 10, 0),
                                                                                   ("sgd_uap", 20, 0)]
     assert all(0 <= float(r["fooling_ratio"]) <= 1 and int(r["heldout_images"]) == 100 for r in rows)
+    assert all(0 <= float(r["fooling_rate"]) <= 1 for r in rows)  # CIFAR labels: 1 − accuracy under δ beside it
     saved = json.loads((out / "images_needed.json").read_text())
     assert saved["settings"]["fit_sizes"] == [10, 20] and saved["settings"]["min_steps"] == 2
     assert saved["summary"]["sgd_uap"]["largest_fit"] == 20 and saved["environment"]["device"] == "cpu"

@@ -192,7 +192,7 @@ def test_generate_tiny_run_race_charts_and_save(library_dir):
 
 
 def test_every_method_runs_from_generate(library_dir):
-    """Each of the ten methods from the Generate form (grouped picker, its one-line summary, its own hyperparameter
+    """Each of the eleven methods from the Generate form (grouped picker, its one-line summary, its own hyperparameter
     form), on the embedded photos at 64 px with a budget of 40 image-gradients: every run finishes and draws its
     held-out fooling ratio."""
     from uap_core.algorithms import ALGORITHMS
@@ -202,7 +202,7 @@ def test_every_method_runs_from_generate(library_dir):
     at.number_input(key="gen_budget").set_value(40)
     at.run()
     options = at.selectbox(key="gen_algorithm").options
-    assert len(options) == len(ALGORITHMS) == 10
+    assert len(options) == len(ALGORITHMS) == 11
     assert options[0].startswith("Data-driven") and options[-1].startswith("Generative")
     for name in ALGORITHMS:
         at.selectbox(key="gen_algorithm").set_value(name).run()

@@ -236,7 +236,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(jsonable(summary)))
     else:
-        print(f"held-out fooling ratio {summary['fooling_ratio']:.3f} (random noise {summary['random_fooling_ratio']:.3f}); "
+        rate = (f"; fooling rate {summary['fooling_rate']:.3f} (1 − accuracy on {summary['labelled_images']} labelled)"
+                if summary.get("fooling_rate") is not None else "")
+        print(f"held-out fooling ratio {summary['fooling_ratio']:.3f} (random noise {summary['random_fooling_ratio']:.3f}){rate}; "
               f"dominant label {summary['dominant_name']!r} takes {summary['dominant_share']:.0%}; "
               f"{summary['seconds']:.1f} s, {summary['reason']}; saved {path}")
     return 0
@@ -271,7 +273,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"  fooling ratio {e.fooling_ratio:.3f} (random noise {result.random_fooling_ratio:.3f})\n"
               f"  dominant label {e.histogram.dominant.name if e.histogram.dominant else '-'!r} "
               f"({e.histogram.dominant.share if e.histogram.dominant else 0:.0%} of images)"
-              + (f"\n  top-1 accuracy {e.clean_accuracy:.3f} clean → {e.attacked_accuracy:.3f} attacked"
+              + (f"\n  top-1 accuracy {e.clean_accuracy:.3f} clean → {e.attacked_accuracy:.3f} attacked; fooling rate "
+                 f"{e.fooling_rate:.3f} (1 − accuracy under δ, {e.labelled} labelled images)"
                  if e.clean_accuracy is not None else "")
               + (f"\n  (perturbation resized from {result.resized_from[0]}×{result.resized_from[1]})"
                  if result.resized_from else ""))

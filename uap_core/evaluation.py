@@ -288,6 +288,30 @@ class Evaluation:
     perturbed_labels: torch.Tensor = field(repr=False)  # (N,) CPU
     clean_confidence: torch.Tensor | None = field(default=None, repr=False)  # (N,) CPU softmax of the top-1
     perturbed_confidence: torch.Tensor | None = field(default=None, repr=False)  # (N,) CPU, where known
+    labelled: int = 0  # images whose true label is known (the accuracies and the fooling rate are over these)
+
+    @property
+    def fooling_rate(self) -> float | None:
+        """1 − top-1 accuracy under δ against the true labels, over the labelled images — the SGA (and DM-UAP)
+        official evaluation's "fooling rate" (``1 - sum(outputs == labels) / len(labels)``), beside its "fooling
+        ratio" (label changed against the clean prediction, :attr:`fooling_ratio`). It also counts the images the
+        model already got wrong. None when no true label is known (see :attr:`fooling_rate_reason`)."""
+        return None if self.attacked_accuracy is None else 1.0 - self.attacked_accuracy
+
+    @property
+    def fooling_rate_reason(self) -> str | None:
+        """Why there is no fooling rate (None when there is one)."""
+        if self.attacked_accuracy is not None:
+            return None
+        return "no true labels for these images (the fooling rate needs them; the fooling ratio does not)"
+
+    def fooling_rate_fields(self) -> dict:
+        """{"fooling_rate": 1 − accuracy under δ, "labelled_images": how many it is over}, or, without true
+        labels, {"fooling_rate": None, "fooling_rate_reason": why}: the keys the CLI's --json and the summaries
+        add beside the fooling ratio."""
+        if self.fooling_rate is None:
+            return {"fooling_rate": None, "fooling_rate_reason": self.fooling_rate_reason}
+        return {"fooling_rate": self.fooling_rate, "labelled_images": self.labelled}
 
     def as_dict(self, top: int = 20) -> dict:
         dominant = self.histogram.dominant
@@ -348,4 +372,5 @@ def summarise(clean_labels: torch.Tensor, perturbed_labels: torch.Tensor, labels
         clean_labels=clean_labels, perturbed_labels=perturbed,
         clean_confidence=clean_confidence.float().cpu() if clean_confidence is not None else None,
         perturbed_confidence=perturbed_confidence.float().cpu() if perturbed_confidence is not None else None,
+        labelled=int((truth >= 0).sum()),
     )

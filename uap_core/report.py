@@ -66,7 +66,8 @@ class PerturbationReport:
         return sum(p.fooled for p in self.predictions)
 
     def as_dict(self, top: int = 20) -> dict:
-        return {**self.evaluation.as_dict(top), "random_fooling_ratio": self.random_fooling_ratio,
+        return {**self.evaluation.as_dict(top), **self.evaluation.fooling_rate_fields(),
+                "random_fooling_ratio": self.random_fooling_ratio,
                 "scale": self.scale, "resized_from": list(self.resized_from) if self.resized_from else None}
 
 

@@ -152,6 +152,7 @@ def prepare(cfg: RunConfig, model: Classifier | None = None, images: ImageSet | 
     algorithm = algorithm_class(setup, params)
     steps_per_epoch = algorithm.steps_per_epoch()
     epochs, total_steps = _budget(cfg, algorithm, steps_per_epoch)
+    algorithm.plan(epochs)
     noise_generator = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
     random_delta = metrics.random_perturbation(fit_pixels.shape[1:], cfg.eps, cfg.norm, noise_generator, device)
     return Prepared(

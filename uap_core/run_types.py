@@ -173,12 +173,14 @@ class RunResult:
     info: dict[str, Any]
 
     def summary(self) -> dict[str, Any]:
-        """The JSON-able headline figures (the CLI's --json output, plus the artifact path added there)."""
+        """The JSON-able headline figures (the CLI's --json output, plus the artifact path added there). Beside the
+        held-out fooling ratio, the fooling rate (1 − accuracy under δ) where the held-out images have true labels,
+        else None and ``fooling_rate_reason``."""
         held_out = self.evaluation.as_dict(top=10)
         return {
             "model": self.config.model, "algorithm": self.config.algorithm, "eps": self.config.eps,
             "norm": self.config.norm, "target": self.config.target, "seed": self.config.seed,
-            "fooling_ratio": self.evaluation.fooling_ratio,
+            "fooling_ratio": self.evaluation.fooling_ratio, **self.evaluation.fooling_rate_fields(),
             "random_fooling_ratio": self.random_evaluation.fooling_ratio,
             "dominant_label": held_out["dominant_label"], "dominant_name": held_out["dominant_name"],
             "dominant_share": held_out["dominant_share"],

@@ -91,7 +91,9 @@ class TransferMatrix:
     """fooling_ratio[i][j]: UAP i on model j (None where the model could not be loaded: see errors).
     noise: the baseline rows, "random ±8/255 noise" (one per distinct budget of the UAPs) → per model the fooling
     ratio of random noise of that norm and size (:func:`uap_core.metrics.random_perturbation`); empty unless
-    asked for."""
+    asked for.
+    fooling_rate[i][j]: 1 − top-1 accuracy of model j under UAP i against the true labels, over the
+    ``labelled_count`` labelled images (None where no image has a true label, or the model is missing)."""
 
     uap_names: list[str]
     model_names: list[str]
@@ -99,9 +101,13 @@ class TransferMatrix:
     errors: dict[str, str]
     image_count: int
     noise: dict[str, list[float | None]] = field(default_factory=dict)
+    fooling_rate: list[list[float | None]] | None = None
+    labelled_count: int = 0
 
     def as_dict(self) -> dict:
-        found = {"uaps": self.uap_names, "models": self.model_names, "fooling_ratio": self.fooling_ratio,
+        rates = {"fooling_rate": self.fooling_rate, "labelled_images": self.labelled_count} if self.labelled_count \
+            else {"fooling_rate": None, "fooling_rate_reason": "no true labels for these images"}
+        found = {"uaps": self.uap_names, "models": self.model_names, "fooling_ratio": self.fooling_ratio, **rates,
                  "errors": self.errors, "images": self.image_count}
         return {**found, "random_noise": self.noise} if self.noise else found
 
@@ -167,8 +173,9 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
     values: list[list[float | None]] = [[None] * len(model_names) for _ in uaps]
     budgets = noise_budgets(uaps) if noise else {}
     noise_values: dict[str, list[float | None]] = {label: [None] * len(model_names) for label in budgets}
+    rates: list[list[float | None]] = [[None] * len(model_names) for _ in uaps]
     errors: dict[str, str] = {}
-    count = 0
+    count = labelled = 0
     for column, name in enumerate(model_names):
         try:
             model = (models or {}).get(name) or load_model(name, resolved)
@@ -185,8 +192,12 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
             found = predict_many(model, source, [None] + deltas + noises, chosen, across_ranks=True,
                                  workers=workers)
             count = found.count
+            truth = found.truth if streaming else image_set.labels
+            labelled = int((truth >= 0).sum())
             for row in range(len(deltas)):
                 values[row][column] = metrics.fooling_ratio(found.labels[0], found.labels[row + 1])
+                accuracy = metrics.accuracy(found.labels[row + 1], truth)
+                rates[row][column] = None if accuracy is None else 1.0 - accuracy
             for k, label in enumerate(budgets):
                 noise_values[label][column] = metrics.fooling_ratio(found.labels[0],
                                                                     found.labels[len(deltas) + 1 + k])
@@ -197,9 +208,11 @@ def transfer_matrix(uaps: dict[str, UAPArtifact], model_names: list[str], images
         clean = evaluate(model, pixels, None, precision=chosen).perturbed_labels.to(resolved)
         for row, artifact in enumerate(uaps.values()):
             delta = resample_delta(artifact.delta, tuple(pixels.shape[2:])).to(resolved)
-            values[row][column] = evaluate(model, pixels, delta, clean_labels=clean, precision=chosen).fooling_ratio
+            found = evaluate(model, pixels, delta, image_set.labels, clean_labels=clean, precision=chosen)
+            values[row][column], rates[row][column] = found.fooling_ratio, found.fooling_rate
+            labelled = found.labelled
         for label, (name, norm) in budgets.items():
             delta = _noise_like(uaps[name], norm, tuple(pixels.shape[2:])).to(resolved)
             noise_values[label][column] = evaluate(model, pixels, delta, clean_labels=clean,
                                                    precision=chosen).fooling_ratio
-    return TransferMatrix(list(uaps), list(model_names), values, errors, count, noise_values)
+    return TransferMatrix(list(uaps), list(model_names), values, errors, count, noise_values, rates, labelled)

@@ -165,6 +165,17 @@ def headline_metrics(summary: dict) -> None:
                    help=f"share of the perturbed held-out images: {summary['dominant_share']:.0%}")
     cols[3].metric("Steps", f"{summary['steps']}", help=f"ended: {summary['reason']}")
     cols[4].metric("Time", f"{summary['seconds']:.0f} s", help=f"device {summary['device']}")
+    fooling_rate_caption(summary)
+
+
+def fooling_rate_caption(figures: dict) -> None:
+    """The fooling rate beside the fooling ratio, where the images have true labels (``fooling_rate`` and
+    ``labelled_images`` of a summary or a report's ``as_dict``); nothing where they have none."""
+    if figures.get("fooling_rate") is None:
+        return
+    st.caption(f"Fooling rate **{widgets.percent(figures['fooling_rate'])}**: 1 − top-1 accuracy under δ against "
+               f"the true labels of {figures['labelled_images']} images (the SGA paper's other number; it also "
+               f"counts images the model got wrong without δ). The fooling ratio counts changed labels only.")
 
 
 def result_panel(snap: JobSnapshot, key: str) -> None:

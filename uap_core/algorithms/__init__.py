@@ -17,10 +17,12 @@ from .gd_uap import GDUAP
 from .fff import FFF
 from .trm_uap import TRMUAP
 from .gap import GAP
+from .dm_uap import DMUAP
 
 _CLASSES: tuple[type[UAPAlgorithm], ...] = (
     SGA,  # data-driven
     SGDUAP,
+    DMUAP,
     UAP,
     DFUAP,
     CosUAP,

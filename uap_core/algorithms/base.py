@@ -126,6 +126,7 @@ class UAPAlgorithm:
         # largest batch one forward/backward takes: bounded on the CPU (CPU_CHUNK_PIXELS), lowered on out-of-memory
         self.chunk_size: int | None = (max(1, CPU_CHUNK_PIXELS // math.prod(setup.pixels.shape[2:]))
                                        if self.device.type == "cpu" and setup.pixels.dim() == 4 else None)
+        self.planned_epochs = type(self).default_epochs  # what the run plans (:meth:`plan`)
         self.compile_error: str | None = None  # why compiling failed (the eager path is used since)
         self._compiled: Callable | None = None
         if setup.compile and self.uses_gradient_step:
@@ -354,6 +355,12 @@ class UAPAlgorithm:
     def step(self, indices: torch.Tensor) -> dict[str, float]:
         """One update of δ on the mini-batch ``indices``; returns the step's metrics (floats, one sync)."""
         raise NotImplementedError
+
+    def plan(self, epochs: int) -> None:
+        """Told by the run, before the first step, how many epochs it plans (the configured ones, or those a
+        budget needs): a method with a schedule over the whole run (DM-UAP's growing radii) reads
+        ``planned_epochs``. Without a run it stays ``default_epochs``."""
+        self.planned_epochs = max(1, int(epochs))
 
     def end_epoch(self) -> bool:
         """Called after each epoch; True stops the run early (e.g. UAP reached its target fooling rate)."""

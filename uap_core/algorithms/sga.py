@@ -54,7 +54,7 @@ class SGA(UAPAlgorithm):
     title = "SGA (stochastic gradient aggregation, Liu et al. 2023)"
     summary = "Small-batch inner pre-search; the inner gradients are averaged before one sign step."
     paper = "Liu et al., Enhancing Generalization of UAP through Gradient Aggregation, ICCV 2023"
-    differs = "None in the update; the official code's fooling rate against ground truth is not reported"
+    differs = "None in the update"
     Params = SGAParams
     supports_distributed = True
 

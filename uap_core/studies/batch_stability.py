@@ -195,6 +195,7 @@ class BatchStability(Study):
                 "mean_quantisation_error": statistics.fmean(errors) if errors else None,
                 "mean_inner_adjacent_cosine": statistics.fmean(inner_cosines) if inner_cosines else None,
                 "fooling_ratio": result.evaluation.fooling_ratio,
+                "fooling_rate": result.evaluation.fooling_rate,  # 1 − accuracy under δ; None without true labels
                 "random_fooling_ratio": start_data["random_fooling_ratio"],
                 "seconds": round(time.perf_counter() - started, 3)})
             yield (index + 1) / len(plan), (f"{label} · seed {seed}: held-out fooling ratio "

@@ -207,6 +207,7 @@ class Finetune(Study):
                 "fooling_ratio_previous_uap": previous_eval.fooling_ratio,
                 "random_fooling_ratio": noise_eval.fooling_ratio,
                 "attacked_accuracy_new_uap": new.attacked_accuracy,
+                "fooling_rate_new_uap": new.fooling_rate,  # 1 − attacked accuracy (the SGA evaluation's number)
                 "dominant_name": dominant.name if dominant else None,
                 "dominant_share": dominant.share if dominant else 0.0,
                 "pool_size": s.pool if round_index else 0,

@@ -186,6 +186,7 @@ class ImagesNeeded(Study):
             summary = result.summary()
             self.tables["runs"].append({
                 "method": method, "fit_images": n, "seed": seed, "fooling_ratio": summary["fooling_ratio"],
+                "fooling_rate": summary["fooling_rate"],  # 1 − accuracy under δ; None without true labels
                 "random_fooling_ratio": summary["random_fooling_ratio"], "dominant_share": summary["dominant_share"],
                 "heldout_images": summary["heldout_images"], "steps": result.steps, "epochs": result.info["epochs"],
                 "image_gradients": summary["image_gradients"], "reason": result.reason,
