@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 FORMAT = "uap-explorer-checkpoint"
 FORMAT_VERSION = 1
 SUFFIX = ".checkpoint"
-# settings a resumed run may change: where and how long it runs, not what it computes
-MAY_CHANGE = ("device", "compile", "max_seconds", "stream", "workers")
+# settings a resumed run may change: where, how and how long it runs, not what it computes
+MAY_CHANGE = ("device", "precision", "compile", "max_seconds", "stream", "workers")
 # the run outcomes after which a checkpoint has nothing left to continue (it may be removed)
 FINISHED = ("completed", "converged", "budget")
 
@@ -69,7 +69,8 @@ class CheckpointSettings:
               "a killed run then continues with --resume", flag="--checkpoint-every", form=False)
     resume: str | None = param(
         None, "continue the run saved in this .checkpoint file (other options: omit them, or give the values the "
-              "checkpoint has; --device, --max-seconds, --compile, --stream, --workers may change)", form=False)
+              "checkpoint has; --device, --precision, --compile, --max-seconds, --stream, --workers may change)",
+        form=False)
 
 
 def parse_every(text: str | int | None) -> tuple[int | None, float | None]:
@@ -247,9 +248,14 @@ class RunCheckpoint:
     def differences(self, config: RunConfig) -> list[str]:
         """The settings of ``config`` that differ from the checkpoint's, as "name saved → asked" (the ones in
         :data:`MAY_CHANGE` left out; the method's parameters compared with their defaults filled in)."""
-        saved, asked = _comparable(self.config), _comparable(config)
-        return [f"{name} {_shown(saved[name])} → {_shown(asked[name])}" for name in saved
-                if name not in MAY_CHANGE and saved[name] != asked[name]]
+        ours = self.config
+        if config.algorithm != ours.algorithm:  # another method: its parameters are not comparable
+            ours, config = dataclasses.replace(ours, params={}), dataclasses.replace(config, params={})
+        saved, asked = _comparable(ours), _comparable(config)
+        saved.update(saved.pop("params"))  # the method's parameters by their own names
+        asked.update(asked.pop("params"))
+        return [f"{name} {_shown(saved[name])} → {_shown(asked.get(name))}" for name in saved
+                if name not in MAY_CHANGE and saved[name] != asked.get(name)]
 
     def check_config(self, config: RunConfig) -> None:
         """ParameterError, one line, when ``config`` asks for another run than the one saved."""
@@ -284,8 +290,6 @@ def _comparable(config: RunConfig) -> dict[str, Any]:
 
 
 def _shown(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

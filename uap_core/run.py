@@ -112,9 +112,9 @@ class Run:
     def from_checkpoint(cls, path: str | Path, changes: dict[str, Any] | None = None,
                         model: Classifier | None = None, images: ImageSet | None = None,
                         checkpoints: CheckpointPolicy | None = None) -> "Run":
-        """The run saved at ``path``, ready to continue. changes: settings to change — only where and how long it
-        runs (``checkpoint.MAY_CHANGE``: device, compile, max_seconds, stream, workers); any other that differs
-        from the checkpoint's is refused with one line (ParameterError)."""
+        """The run saved at ``path``, ready to continue. changes: settings to change — only where, how and how long
+        it runs (``checkpoint.MAY_CHANGE``: device, precision, compile, max_seconds, stream, workers); any other that
+        differs from the checkpoint's is refused with one line (ParameterError)."""
         checkpoint = load_checkpoint(path)
         return cls(checkpoint.resumed_config(changes), model, images, checkpoints=checkpoints, resume=checkpoint)
 
