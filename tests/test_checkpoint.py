@@ -10,10 +10,10 @@ a long run meets. CIFAR-10 ResNet-20, 40 fit / 20 held-out images, 8 steps of 10
 - a damaged file, another config, other weights, another version of the project: refused with one line;
 - a CPU checkpoint resumed on CUDA (skipped without a GPU).
 
-The killed processes run a small wrapper around the CLI's ``main`` that blocks at a chosen point (after the method's
-step ``at`` — its state moved, not yet recorded by the run — or halfway through writing checkpoint number ``at``) and
-touches a marker file; the test then kills it. All of them start at once (one fixture), since starting Python and
-torch is most of their cost.
+The killed processes run a small wrapper around the CLI's ``main`` that blocks at a chosen point (after the
+method's step ``at`` — its state moved, not yet recorded by the run — or halfway through writing checkpoint number
+``at``) and touches a marker file; the test then kills it. All of them start at once (one fixture), since starting
+Python and torch is most of their cost.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def generate_args(method: str, out: Path, *extra: str) -> list[str]:
 
 def run_config(method: str, images: Path, **changes) -> RunConfig:
     """The RunConfig the command line makes of :func:`generate_args`."""
-    return RunConfig(**{"model": "cifar_resnet20", "algorithm": method, "eps": "8/255", "images": str(images), "fit": 40,
-                        "holdout": 20, "seed": 1, "device": "cpu", "epochs": 2, "eval_every": 4,
+    return RunConfig(**{"model": "cifar_resnet20", "algorithm": method, "eps": "8/255", "images": str(images),
+                        "fit": 40, "holdout": 20, "seed": 1, "device": "cpu", "epochs": 2, "eval_every": 4,
                         "params": PARAMS[method], "stream": "auto", **changes})
 
 
@@ -127,15 +127,16 @@ def killed(cifar_npz, tmp_path_factory):
         method = "sgd_uap" if case == "write" else case
         out = root / case
         args = generate_args(method, out, "--images", str(cifar_npz), *extra)
-        processes[case] = (subprocess.Popen([sys.executable, "-c", WRAPPER, str(torch.get_num_threads()),
-                                             str(root / f"{case}.marker"), mode, str(at), *args],
-                                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            text=True), out)
+        with open(root / f"{case}.err", "w") as err:  # a file, not a pipe: a full pipe would block the run
+            processes[case] = (subprocess.Popen([sys.executable, "-c", WRAPPER, str(torch.get_num_threads()),
+                                                 str(root / f"{case}.marker"), mode, str(at), *args],
+                                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err), out)
     deadline = time.monotonic() + 300
     try:
         for case, (process, _out) in processes.items():
             while not (root / f"{case}.marker").exists():
-                assert process.poll() is None, f"{case}: the run ended before it was killed: {process.communicate()}"
+                assert process.poll() is None, (f"{case}: the run ended before it was killed: "
+                                                f"{(root / f'{case}.err').read_text()}")
                 assert time.monotonic() < deadline, f"{case}: the run never reached the point to kill it at"
                 time.sleep(0.05)
             os.kill(process.pid, signal.SIGKILL)
@@ -146,8 +147,6 @@ def killed(cifar_npz, tmp_path_factory):
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            process.stdout.close()
-            process.stderr.close()
     (root / "pristine").mkdir()
     for case, (_process, out) in processes.items():
         (checkpoint,) = out.glob("*.checkpoint")
@@ -222,7 +221,8 @@ def test_disk_full_while_checkpointing(cifar_npz, references, tmp_path, monkeypa
     monkeypatch.setattr(atomic, "_write_fully", full_disk)
     messages = []
     path = tmp_path / "sgd_uap.checkpoint"
-    run = Run(run_config("sgd_uap", cifar_npz), checkpoints=CheckpointPolicy(path, every_steps=1, notify=messages.append))
+    policy = CheckpointPolicy(path, every_steps=1, notify=messages.append)
+    run = Run(run_config("sgd_uap", cifar_npz), checkpoints=policy)
     result = run.run_to_end()
     assert len(messages) == 1 and "checkpoint of step 2 not written (No space left on device" in messages[0]
     assert "the checkpoint of step 1 is kept" in messages[0]
@@ -257,8 +257,8 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_with_one_line(killed, tmp_pa
         with pytest.raises(ArtifactError):
             load_checkpoint(path)
     line = one_error_line(["generate", "--resume", str(good), "--eps", "10/255", "--seed", "1", "--ngf", "8"], capsys)
-    assert line == ("error: the checkpoint gap.checkpoint is of another run: eps 0.0313725 → 0.0392157; ngf 4 → 8 — "
-                    "leave these settings out (or give the checkpoint's) to resume it")
+    assert line == ("error: the checkpoint gap.checkpoint is of another run: eps 0.0313725 → 0.0392157; ngf 4 → 8 "
+                    "— leave these settings out (or give the checkpoint's) to resume it")
     assert "algorithm gap → sgd_uap" in one_error_line(["generate", "--resume", str(good), "--algorithm", "sgd_uap"],
                                                         capsys)
     monkeypatch.setattr(checkpoint_module, "__version__", "9.9.9")

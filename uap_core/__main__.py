@@ -183,7 +183,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .run import Run
 
     resume = load_checkpoint(args.resume) if args.resume else None
-    given = _given_options(args.argv) if resume is not None else set()
+    given = _given_options(getattr(args, "argv", sys.argv[1:])) if resume is not None else set()
     algorithm = args.algorithm if resume is None or "algorithm" in given else resume.config.algorithm
     chosen = ALGORITHMS[algorithm]
     allowed = {f["name"] for f in describe(chosen.Params)}
@@ -207,8 +207,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     main_rank = distributed.is_main()  # under torchrun only rank 0 prints and writes
     out = _output_folder(out_text) if main_rank else None  # checked before the run, so a bad --out costs no run
     eps255 = f"{validated.eps * 255:g}".replace(".", "p")
-    name = safe_name(args.name or (artifact_name(resume.path) if resume is not None else
-                                   f"{validated.model}_{validated.algorithm}_{validated.norm}_{eps255}_seed{validated.seed}"))
+    default_name = f"{validated.model}_{validated.algorithm}_{validated.norm}_{eps255}_seed{validated.seed}"
+    name = safe_name(args.name or (artifact_name(resume.path) if resume is not None else default_name))
     bar = None
     interactive = sys.stderr.isatty() and not args.json and main_rank
 
@@ -216,7 +216,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
 
     policy = (CheckpointPolicy.every_text(checkpoint_path(out, name), every, lambda m: say(f"warning: {m}"))
-              if every is not None and main_rank else None)
+              if (every is not None or resume is not None) and main_rank else None)  # resumed: kept up to date
     run = Run(config, checkpoints=policy, resume=resume)
 
     def interrupted(_signum, _frame) -> None:  # the first Ctrl-C: end after this step, keep the best δ so far

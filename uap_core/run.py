@@ -231,7 +231,8 @@ class Run:
             "run": {"step": step, "epoch": at.epoch, "done": at.done, "spent": spent, "elapsed": self._elapsed(),
                     "batches": torch.cat(batches).cpu() if batches else torch.zeros(0, dtype=torch.int64),
                     "batch_sizes": [len(b) for b in batches], "generator": p.generator.get_state(),
-                    "keeper": keeper.state_dict(), "total_steps": p.total_steps, "input_size": list(p.fit_pixels.shape[1:])},
+                    "keeper": keeper.state_dict(), "total_steps": p.total_steps,
+                    "input_size": list(p.fit_pixels.shape[1:])},
             "history": history,
             "algorithm": p.algorithm.state_dict(),
         }
