@@ -206,6 +206,31 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(killed, refere
     assert sorted(p.name for p in out.iterdir()) == [f"sgd_uap.{s}" for s in ("json", "png", "safetensors")]
 
 
+def test_ctrl_c_stops_saves_and_checkpoints_then_resume_finishes_the_run(cifar_npz, references, tmp_path, capsys,
+                                                                        monkeypatch):
+    """SIGINT during step 3 (no periodic checkpoint: --checkpoint-every 100): the run stops after that step, saves
+    its best δ so far and a checkpoint of step 3; --resume then finishes it as if never stopped."""
+    from uap_core import run as run_module
+
+    step = run_module.Run._step
+
+    def interrupted_in_step_3(self, batch, spent):
+        stats = step(self, batch, spent)
+        if stats["image_gradients_total"] == 30:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+        return stats
+
+    monkeypatch.setattr(run_module.Run, "_step", interrupted_in_step_3)
+    assert main(generate_args("sgd_uap", tmp_path, "--images", str(cifar_npz), "--checkpoint-every", "100")) == 0
+    monkeypatch.undo()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["reason"], summary["steps"]) == ("stopped", 3)
+    assert summary["checkpoint"] == str(tmp_path / "sgd_uap.checkpoint") and load_checkpoint(summary["checkpoint"]).step == 3
+    delta, history, _meta = resume_cli(Path(summary["checkpoint"]), capsys)  # overwrites the stopped run's artifact
+    whole_delta, whole_history = references("sgd_uap")
+    assert torch.equal(delta, whole_delta) and history == whole_history
+
+
 def test_disk_full_while_checkpointing(cifar_npz, references, tmp_path, monkeypatch):
     """ENOSPC from the second checkpoint on: the run goes on to the same result, one warning, the first checkpoint
     intact, no temp file left."""
@@ -266,6 +291,26 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_with_one_line(killed, tmp_pa
         f"error: the checkpoint gap.checkpoint was written by UAP Explorer {__version__}, this is 9.9.9: resume it "
         f"with that version")
     assert good.read_bytes() == data  # refused: left as it was
+
+
+def test_checkpoint_every_takes_steps_or_seconds(tmp_path, capsys, monkeypatch):
+    from uap_core.checkpoint import parse_every
+
+    assert parse_every("50") == (50, None) and parse_every("120s") == (None, 120.0)
+    assert parse_every("1.5s") == (None, 1.5) and parse_every(None) == (None, None)
+    for bad in ("0", "0s", "2.5", "5m", "-3", "s"):
+        with pytest.raises(ParameterError, match="takes a number of steps"):
+            parse_every(bad)
+    line = one_error_line(["generate", "--checkpoint-every", "5m", "--out", str(tmp_path)], capsys)
+    assert line == "error: --checkpoint-every takes a number of steps (50) or of seconds (120s), got '5m'"
+    now = [100.0]
+    monkeypatch.setattr(checkpoint_module.time, "monotonic", lambda: now[0])
+    by_time = CheckpointPolicy.every_text(tmp_path / "x.checkpoint", "120s")
+    by_steps = CheckpointPolicy.every_text(tmp_path / "x.checkpoint", 50)
+    now[0] += 119.0
+    assert not by_time.due(7) and not by_steps.due(49) and by_steps.due(100)
+    now[0] += 1.0
+    assert by_time.due(8)
 
 
 def test_other_weights_are_refused(killed):

@@ -115,7 +115,7 @@ class CheckpointPolicy:
     notify: Callable[[str], None] | None = None
     written_step: int | None = field(default=None, init=False)  # the step of the last checkpoint written
     failing: bool = field(default=False, init=False)  # the last write failed (one warning per streak)
-    _last_time: float = field(default_factory=time.monotonic, init=False)
+    _last_time: float = field(default_factory=lambda: time.monotonic(), init=False)  # since the start or the last one
 
     @classmethod
     def every_text(cls, path: str | Path, every: str | int | None, notify: Callable[[str], None] | None = None
