@@ -113,8 +113,9 @@ class CheckpointPolicy:
     every_seconds: float | None = None
     every: str | None = None
     notify: Callable[[str], None] | None = None
-    written_step: int | None = field(default=None, init=False)  # the step of the last checkpoint written
+    written_step: int | None = None  # the step of the checkpoint in ``path`` (a resumed run's: the resumed one)
     failing: bool = field(default=False, init=False)  # the last write failed (one warning per streak)
+    _swept: bool = field(default=False, init=False)  # stale temp files of ``path`` removed
     _last_time: float = field(default_factory=lambda: time.monotonic(), init=False)  # since the start or the last one
 
     @classmethod
@@ -134,8 +135,9 @@ class CheckpointPolicy:
         previous checkpoint, say so once through ``notify`` and return False — the run goes on."""
         self._last_time = time.monotonic()
         try:
-            if self.written_step is None:  # the first write: leave no temp file of a killed earlier write behind
+            if not self._swept:  # the first write: leave no temp file of a killed earlier write behind
                 remove_stale_temps(self.path)
+                self._swept = True
             write_files_atomically({self.path: data})
         except OSError as exc:
             if not self.failing:

@@ -107,6 +107,9 @@ class Run:
                                  "--checkpoint-every and --resume")
         if resume is not None:
             resume.check_config(self.config)
+            if checkpoints is not None and checkpoints.written_step is None and checkpoints.path.exists() and \
+                    checkpoints.path.samefile(resume.path):
+                checkpoints.written_step = resume.step  # until the next one, the file holds the resumed step
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, changes: dict[str, Any] | None = None,
