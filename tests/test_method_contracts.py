@@ -11,6 +11,9 @@ one list of attacks, shared tests), on a tiny CPU conv classifier of 8×8 images
 4. a data-free method never reads a fit image: other fit images leave its δ identical bit for bit, for the method
    handed real fit images and for a whole :class:`~uap_core.run.Run` (which hands it none) — while every
    data-driven case (GD-UAP with its "data" prior included) does change with them.
+5. a run checkpointed after step k (mid-epoch and at an epoch's end) and abandoned there, as a killed process
+   would leave it, continues in a fresh Run (a new model object, new images) to the δ, last δ and history of an
+   uninterrupted run, bit for bit: the method's ``state_dict`` holds all it needs.
 
 A method added to the registry without a row in ``METHODS`` fails ``test_every_registered_method_has_a_row``.
 The toy classifier is a conv net (not ``tests/toys.py``'s linear one): the data-free objectives and SV-UAP read
@@ -19,6 +22,7 @@ conv activations, and GAP's generator needs 8×8 images.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -26,6 +30,7 @@ import torch
 from torch import nn
 
 from uap_core.algorithms import ALGORITHMS, AttackSetup, get_algorithm
+from uap_core.checkpoint import CheckpointPolicy
 from uap_core.images import ImageSet
 from uap_core.models import Classifier, ModelSpec
 from uap_core.params import parse_params
@@ -247,3 +252,36 @@ def test_a_data_free_run_is_blind_to_its_fit_images(name, params):
     assert results[0].evaluation.fooling_ratio == results[1].evaluation.fooling_ratio
     evaluations = [event for event in results[0].history if event["kind"] == "eval"]
     assert evaluations and all(math.isnan(event["fit_fooling_ratio"]) for event in evaluations)  # no fit-set eval
+
+
+# ---------------------------------------------------------------------------------------------- 5. checkpoints
+TIMINGS = ("elapsed", "images_per_second", "step_seconds", "seconds")
+
+
+def without_timings(history: list[dict]) -> str:
+    """A history as comparable text: the timings left out, NaN written as NaN (NaN != NaN as a float)."""
+    return json.dumps([{k: v for k, v in event.items() if k not in TIMINGS} for event in history], sort_keys=True)
+
+
+@pytest.mark.parametrize("name, params", CASES)
+def test_a_checkpointed_run_resumes_bit_for_bit(name, params, tmp_path):
+    config = RunConfig(model="cifar_resnet20", algorithm=name, eps=BUDGETS["linf"], images="toy", fit=12, holdout=12,
+                       seed=0, device="cpu", params=params, eval_every=1, epochs=2)
+    whole = Run(config, model=contract_model(), images=toy_images()).run_to_end()
+    assert whole.steps >= 4
+    for crash_after in (2, 3):  # mid-epoch, and at an epoch's end (2 steps per epoch for SGA, else 3)
+        path = tmp_path / f"{name}-{crash_after}.checkpoint"
+        run = Run(config, model=contract_model(), images=toy_images(), checkpoints=CheckpointPolicy(path, 1))
+        for event in run.events():  # step k's checkpoint is written before step k + 1 starts
+            if event.kind == "step" and event.step == crash_after + 1:
+                break  # abandoned mid-run: no result, no final checkpoint
+        assert run.result is None and run.checkpoints.written_step == crash_after
+        resumed = Run.from_checkpoint(path, model=contract_model(), images=toy_images())
+        events = [event.as_dict() for event in resumed.events() if event.kind != "done"]
+        result = resumed.result
+        assert torch.equal(result.delta, whole.delta) and torch.equal(result.last_delta, whole.last_delta), (
+            f"{name}: resumed after step {crash_after}, δ differs")
+        assert without_timings(result.history) == without_timings(whole.history), name
+        assert (result.steps, result.best_step, result.reason) == (whole.steps, whole.best_step, whole.reason)
+        assert events[0].pop("resumed_from_step") == crash_after
+        assert without_timings(events) == without_timings(result.history)  # the saved events are yielded again

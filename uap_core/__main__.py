@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from . import distributed
 from .algorithms import ALGORITHMS
+from .checkpoint import CheckpointSettings
 from .errors import UAPError, first_line
 from .jsonable import jsonable
 from .params import describe
@@ -70,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="fit a UAP and save it",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_setting_options(generate, RunConfig)
-    generate.add_argument("--out", default="uaps", help="folder for the .safetensors/.json/.png artifact")
-    generate.add_argument("--name", default=None, help="artifact name (default: model_algorithm_norm_eps_seed)")
+    generate.add_argument("--out", default="uaps", help="folder for the .safetensors/.json/.png artifact "
+                          "(with --resume: the checkpoint's folder)")
+    generate.add_argument("--name", default=None, help="artifact name (default: model_algorithm_norm_eps_seed; with "
+                          "--resume: the checkpoint's)")
+    add_setting_options(generate.add_argument_group("long runs: checkpoints and resume"), CheckpointSettings)
     generate.add_argument("--json", action="store_true", help="print one final JSON object on stdout")
     _add_scale_options(generate, "the held-out images")
     hyper = generate.add_argument_group("algorithm hyperparameters (paper defaults when omitted)")
@@ -176,50 +180,79 @@ def _progress(total: int, enabled: bool):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import signal
+
     from .artifacts import save_uap
+    from .checkpoint import FINISHED, CheckpointPolicy, artifact_name, checkpoint_path, load_checkpoint
     from .library import safe_name
     from .run import Run
 
-    chosen = ALGORITHMS[args.algorithm]
+    resume = load_checkpoint(args.resume) if args.resume else None
+    given = _given_options(getattr(args, "argv", sys.argv[1:])) if resume is not None else set()
+    algorithm = args.algorithm if resume is None or "algorithm" in given else resume.config.algorithm
+    chosen = ALGORITHMS[algorithm]
     allowed = {f["name"] for f in describe(chosen.Params)}
     params = {}
     for key, value in vars(args).items():
         if key.startswith("param_") and value is not None:
             name = key[len("param_"):]
             if name not in allowed:
-                raise UAPError(f"--{name.replace('_', '-')} does not apply to {args.algorithm}; its options: "
+                raise UAPError(f"--{name.replace('_', '-')} does not apply to {algorithm}; its options: "
                                + ", ".join("--" + a.replace("_", "-") for a in sorted(allowed)))
             params[name] = value
-    config = RunConfig(**{spec["name"]: getattr(args, spec["name"]) for spec in describe(RunConfig) if spec["cli"]},
-                       params=params, stream=args.stream, workers=args.workers)
-    run = Run(config)
+    settings = [spec["name"] for spec in describe(RunConfig) if spec["cli"]] + ["stream", "workers"]
+    if resume is None:
+        config = RunConfig(**{name: getattr(args, name) for name in settings}, params=params)
+    else:  # the checkpoint's settings; the options given must agree with them (or change where/how long it runs)
+        config = resume.resumed_config({**{name: getattr(args, name) for name in settings if name in given},
+                                        "params": params})
+    validated = config.validated()
+    out_text = args.out if resume is None or "out" in given else str(resume.path.parent)
+    every = args.checkpoint_every if args.checkpoint_every is not None or resume is None else resume.every
     main_rank = distributed.is_main()  # under torchrun only rank 0 prints and writes
-    out = _output_folder(args.out) if main_rank else None  # checked before the run, so a bad --out costs no run
+    out = _output_folder(out_text) if main_rank else None  # checked before the run, so a bad --out costs no run
+    eps255 = f"{validated.eps * 255:g}".replace(".", "p")
+    default_name = f"{validated.model}_{validated.algorithm}_{validated.norm}_{eps255}_seed{validated.seed}"
+    name = safe_name(args.name or (artifact_name(resume.path) if resume is not None else default_name))
     bar = None
     interactive = sys.stderr.isatty() and not args.json and main_rank
+
+    def say(message: str) -> None:
+        (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
+
+    policy = (CheckpointPolicy.every_text(checkpoint_path(out, name), every, lambda m: say(f"warning: {m}"))
+              if (every is not None or resume is not None) and main_rank else None)  # resumed: kept up to date
+    run = Run(config, checkpoints=policy, resume=resume)
+
+    def interrupted(_signum, _frame) -> None:  # the first Ctrl-C: end after this step, keep the best δ so far
+        say("stopping after the current step (Ctrl-C again to abort)…")
+        run.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        previous = None if distributed.is_active() else signal.signal(signal.SIGINT, interrupted)
+    except ValueError:  # not the main thread (called from a test's worker): no handler
+        previous = None
     try:
         for event in run.events():
             if event.kind == "start":
                 bar = _progress(event.data["total_steps"], interactive)
                 if not args.json and main_rank:
+                    resumed = (f" · resumed at step {event.data['resumed_from_step']} from {resume.path}"
+                               if resume is not None else "")
                     print(f"{event.data['model_title']} · {event.data['algorithm_title']} · {event.data['device']} "
                           f"({event.data['precision']}) · fit {event.data['fit_images']} / held-out "
                           f"{event.data['heldout_images']} images · random-noise fooling ratio "
-                          f"{event.data['random_fooling_ratio']:.3f}", file=sys.stderr)
+                          f"{event.data['random_fooling_ratio']:.3f}{resumed}", file=sys.stderr)
             elif event.kind == "step" and bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{event.data['loss']:.3f}", batch_fr=f"{event.data['batch_fooling_ratio']:.2f}")
             elif event.kind == "eval" and not args.json and main_rank:
-                message = (f"step {event.step}: held-out fooling ratio {event.data['fooling_ratio']:.3f}, "
-                           f"dominant share {event.data['dominant_share']:.2f}")
-                (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
-    except KeyboardInterrupt:
-        if distributed.is_active():  # the ranks would stop at different steps: end the job, write nothing
-            raise
-        run.stop()
-        for _ in run.events() if run.result is None else ():
-            pass
+                say(f"step {event.step}: held-out fooling ratio {event.data['fooling_ratio']:.3f}, "
+                    f"dominant share {event.data['dominant_share']:.2f}")
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if bar is not None:
             bar.close()
     result = run.result
@@ -228,11 +261,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     scale = _finish_ranks(result.seconds)
     if not main_rank:
         return 0
-    eps255 = f"{result.config.eps * 255:g}".replace(".", "p")
-    name = safe_name(args.name or f"{result.config.model}_{result.config.algorithm}_{result.config.norm}_"
-                                  f"{eps255}_seed{result.config.seed}")
     path = save_uap(result.delta, result.metadata(), out / f"{name}.safetensors")
     summary = {**result.summary(), "artifact": str(path), **scale}
+    if policy is not None:
+        if result.reason in FINISHED:
+            policy.remove()  # the run is done and saved: nothing left to continue
+        elif policy.written_step is not None:
+            summary["checkpoint"] = str(policy.path)
     if args.json:
         print(json.dumps(jsonable(summary)))
     else:
@@ -241,7 +276,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"held-out fooling ratio {summary['fooling_ratio']:.3f} (random noise {summary['random_fooling_ratio']:.3f}){rate}; "
               f"dominant label {summary['dominant_name']!r} takes {summary['dominant_share']:.0%}; "
               f"{summary['seconds']:.1f} s, {summary['reason']}; saved {path}")
+        if "checkpoint" in summary:
+            print(f"to continue: {_program_name()} generate --resume {summary['checkpoint']}", file=sys.stderr)
     return 0
+
+
+def _given_options(argv: Sequence[str]) -> set[str]:
+    """The generate options ``argv`` names itself (not filled in from their defaults): what --resume compares."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    for action in commands.choices["generate"]._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def _load_for_model(path: str, model) -> Any:
@@ -472,12 +518,14 @@ def _output_folder(text: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command == "app":
         args.streamlit_options = unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.argv = argv
     try:
         if args.command in DISTRIBUTED_COMMANDS and distributed.launched():
             distributed.init_from_env(_device(args.device))

@@ -117,6 +117,27 @@ def write_files_atomically(files: dict[Path, bytes]) -> None:
         _fsync_dir(next(iter(files)).parent)
 
 
+def remove_stale_temps(target: Path) -> int:
+    """Remove the temp files and backups a killed earlier write of ``target`` left in its folder (a process killed
+    mid-write cannot clean up after itself); call it only where no other process writes ``target`` now. Returns how
+    many were removed."""
+    target = Path(target)
+    prefixes = tuple(_temp_path_for(target, kind) for kind in ("new", "old"))
+    removed = 0
+    try:
+        candidates = list(target.parent.iterdir())
+    except OSError:
+        return 0
+    for path in candidates:
+        if path.name.startswith(prefixes) and path.name.endswith(TEMP_SUFFIX):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def move_no_clobber(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst`` without ever replacing an existing ``dst`` (FileExistsError instead)."""
     try:
@@ -149,4 +170,4 @@ def move_all_no_clobber(moves: list[tuple[Path, Path]]) -> None:
         raise
 
 
-__all__ = ["TEMP_SUFFIX", "move_all_no_clobber", "move_no_clobber", "write_files_atomically"]
+__all__ = ["TEMP_SUFFIX", "move_all_no_clobber", "move_no_clobber", "remove_stale_temps", "write_files_atomically"]

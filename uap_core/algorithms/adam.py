@@ -12,10 +12,12 @@ own ``iterations`` parameter, and overrides :meth:`ascent_gradient` to feed δ a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .. import metrics
-from .base import AttackSetup, UAPAlgorithm
+from .base import AttackSetup, UAPAlgorithm, copied
 
 
 class AdamUAPAlgorithm(UAPAlgorithm):
@@ -39,6 +41,19 @@ class AdamUAPAlgorithm(UAPAlgorithm):
         generator = self.setup.generator
         noise = torch.rand(self.setup.pixels.shape[1:], generator=generator, device=generator.device)
         return metrics.project((noise * 2 - 1) * self.setup.eps, self.setup.eps, self.setup.norm).to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base's state plus Adam's (its step count and both moments of δ)."""
+        return {**super().state_dict(), "optimizer": copied(self.optimizer.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to δ's device
+
+    def restore_delta(self, delta: torch.Tensor) -> None:
+        """Into the tensor Adam steps (it stays the optimiser's parameter)."""
+        with torch.no_grad():
+            self.delta.copy_(delta)
 
     def ascent_gradient(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """(g (3, H, W): the gradient of the ascended quantity at δ, summed loss (0-d), fooled count (0-d), images

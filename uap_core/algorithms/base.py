@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -351,6 +351,31 @@ class UAPAlgorithm:
         stats["sign_ops"] = self.sign_ops
         return stats
 
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this method needs to continue exactly where it stands, as torch's optimisers describe
+        theirs: δ (3, H, W), the sign steps, the last gradient and the momentum buffer (or None), the chunk size.
+        Tensors are copies (detached; on the method's device), the rest plain numbers and text. A method with more
+        state (an optimiser, a generator network, counters) adds its own to ``super().state_dict()``. The run's
+        seeded generator and the loop's position are the run's to save (:mod:`uap_core.checkpoint`)."""
+        return {"delta": copied(self.delta), "sign_ops": self.sign_ops,
+                "previous_gradient": copied(self.previous_gradient), "momentum_buffer": copied(self.momentum_buffer),
+                "chunk_size": self.chunk_size, "device_type": self.device.type}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of the same method with the same settings (on any device: tensors are
+        moved to this one's; a chunk size lowered on out-of-memory is kept on the same kind of device only)."""
+        self.restore_delta(state["delta"].to(self.device, torch.float32, copy=True))
+        self.sign_ops = int(state["sign_ops"])
+        self.previous_gradient = moved(state["previous_gradient"], self.device)
+        self.momentum_buffer = moved(state["momentum_buffer"], self.device)
+        if state["device_type"] == self.device.type:
+            self.chunk_size = state["chunk_size"]
+
+    def restore_delta(self, delta: torch.Tensor) -> None:
+        """Make ``delta`` (3, H, W) on the device the current δ (a method whose optimiser holds δ copies it in)."""
+        self.delta = delta
+
     # ------------------------------------------------------------------------------------------ to implement
     def step(self, indices: torch.Tensor) -> dict[str, float]:
         """One update of δ on the mini-batch ``indices``; returns the step's metrics (floats, one sync)."""
@@ -365,3 +390,20 @@ class UAPAlgorithm:
     def end_epoch(self) -> bool:
         """Called after each epoch; True stops the run early (e.g. UAP reached its target fooling rate)."""
         return False
+
+
+def copied(value: Any) -> Any:
+    """``value`` with every tensor in it (in dicts, lists, tuples) replaced by a detached copy: a state a method
+    hands out that its next step does not change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return type(value)((key, copied(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(copied(item) for item in value)
+    return value
+
+
+def moved(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """A restored tensor on ``device`` (None stays None)."""
+    return None if tensor is None else tensor.to(device, copy=True)

@@ -31,7 +31,7 @@ models apply ReLU functionally, so that variant cannot be hooked generically.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -79,6 +79,18 @@ class DataFreeAdamUAP(AdamUAPAlgorithm):
         self.rescales = 0  # times δ was halved
         self.layers = self.recorded_layers()
         self.last_logits: torch.Tensor | None = None  # logits of the last forward (None when it stopped early)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adam's state plus the iteration counter (the schedules and curricula read it), the last saturation and
+        the halvings so far."""
+        return {**super().state_dict(), "iteration": self.iteration, "saturation_previous": self.saturation_previous,
+                "rescales": self.rescales}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.iteration = int(state["iteration"])
+        self.saturation_previous = float(state["saturation_previous"])
+        self.rescales = int(state["rescales"])
 
     # ------------------------------------------------------------------------------------------ schedule
     @property

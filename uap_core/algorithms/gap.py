@@ -64,12 +64,13 @@ Where and why this differs from the official code:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..params import param
-from .base import AttackSetup, UAPAlgorithm
+from .base import AttackSetup, UAPAlgorithm, copied
 from .generators import ResnetGenerator, init_weights
 
 
@@ -113,6 +114,20 @@ class GAP(UAPAlgorithm):
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=float(params.lr),
                                           betas=(float(params.beta1), 0.999))
         self._graph_delta: torch.Tensor | None = None  # scale(G(z)) with its graph to G's weights
+        self._generate()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base's state plus the generator's weights, its Adam state and the fixed noise image z."""
+        return {**super().state_dict(), "network": copied(self.network.state_dict()),
+                "optimizer": copied(self.optimizer.state_dict()), "noise": copied(self.noise)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore G, its optimiser and z, then δ = scale(G(z)) (on the same device: the saved δ, bit for bit)."""
+        super().load_state_dict(state)
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.noise = state["noise"].to(self.device, copy=True)
+        self._graph_delta = None
         self._generate()
 
     # ------------------------------------------------------------------------------------------ δ = scale(G(z))

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ from .. import metrics
 from ..errors import ParameterError
 from ..params import param
 from .activations import ActivationRecorder, StopForward
-from .base import AttackSetup, UAPAlgorithm
+from .base import AttackSetup, UAPAlgorithm, copied
 
 # The CIFAR ResNets have no down-sampling stem: the quarter-side rule would pick layer3's first conv. Their default
 # is the first conv of stage 1's last block (layer1[-1].conv1), the best early layer measured: held-out fooling
@@ -136,6 +137,14 @@ class SVUAP(UAPAlgorithm):
         self.p_dual = 1.0 if math.isinf(self.p) else self.p / (self.p - 1)
         self.layer_index, self.layer = self.choose_layer()
         self.v = self.initial_v()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base's state plus the power method's iterate v."""
+        return {**super().state_dict(), "v": copied(self.v)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.v = state["v"].to(self.device, copy=True)
 
     # ------------------------------------------------------------------------------------------ set-up
     def choose_layer(self) -> tuple[int, nn.Module]:
