@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", default="uaps", help="folder for the .safetensors/.json/.png artifact")
     generate.add_argument("--name", default=None, help="artifact name (default: model_algorithm_norm_eps_seed)")
     generate.add_argument("--json", action="store_true", help="print one final JSON object on stdout")
+    generate.add_argument("--record", action="store_true",
+                          help="also save the run's recording beside the artifact (NAME.recording.npz: every step's "
+                               "metrics, the held-out evaluations, δ at a few steps; replayed in the app)")
     _add_scale_options(generate, "the held-out images")
     hyper = generate.add_argument_group("algorithm hyperparameters (paper defaults when omitted)")
     for name, field in _algorithm_options().items():
@@ -192,8 +195,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = _output_folder(args.out) if main_rank else None  # checked before the run, so a bad --out costs no run
     bar = None
     interactive = sys.stderr.isatty() and not args.json and main_rank
+    recorder = _recorder(args.record and main_rank)
     try:
         for event in run.events():
+            if recorder is not None:
+                recorder.observe(event, run)
             if event.kind == "start":
                 bar = _progress(event.data["total_steps"], interactive)
                 if not args.json and main_rank:
@@ -228,6 +234,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                   f"{eps255}_seed{result.config.seed}")
     path = save_uap(result.delta, result.metadata(), out / f"{name}.safetensors")
     summary = {**result.summary(), "artifact": str(path), **scale}
+    if recorder is not None:
+        from .recording import recording_path, save_recording
+
+        summary["recording"] = str(save_recording(recorder.finish(run, title=name), recording_path(path)))
     if args.json:
         print(json.dumps(jsonable(summary)))
     else:
@@ -235,6 +245,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
               f"dominant label {summary['dominant_name']!r} takes {summary['dominant_share']:.0%}; "
               f"{summary['seconds']:.1f} s, {summary['reason']}; saved {path}")
     return 0
+
+
+def _recorder(enabled: bool):
+    """A :class:`uap_core.recording.Recorder` for ``generate --record`` (None when not asked for)."""
+    if not enabled:
+        return None
+    from .recording import Recorder
+
+    return Recorder()
 
 
 def _load_for_model(path: str, model) -> Any:
