@@ -235,9 +235,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     path = save_uap(result.delta, result.metadata(), out / f"{name}.safetensors")
     summary = {**result.summary(), "artifact": str(path), **scale}
     if recorder is not None:
+        from .provenance import generate_command
         from .recording import recording_path, save_recording
 
-        summary["recording"] = str(save_recording(recorder.finish(run, title=name), recording_path(path)))
+        recording = recorder.finish(run, command=generate_command(result.config, extra=("--record",)), title=name)
+        summary["recording"] = str(save_recording(recording, recording_path(path)))
     if args.json:
         print(json.dumps(jsonable(summary)))
     else:

@@ -212,7 +212,7 @@ def home_section() -> None:
                  help="The SGA paper's race (small-batch SGD-UAP, large-batch SGD-UAP, SGA), recorded at a scale a "
                       "laptop's live demo cannot reach, replayed on these charts."):
         replay_panel(shipped_races(), key="home_replay", chart_keys=("fooling_ratio", "grad_cosine"), columns=2,
-                     height=300)
+                     height=300, x_axis="image_gradients")
 
 
 def race_section() -> None:
