@@ -60,6 +60,7 @@ def test_replay_plays_to_the_end_on_the_recorded_values(tmp_path):
             seconds = max(r.seconds for r in race) / 100
             # back to "Play" when the replay has reached its end
             expect(play).to_contain_text("Play", timeout=(seconds + 30) * 1000)
+            page.screenshot(path=str(SCREENSHOTS / "replay-home.png"))
             expect(page.get_by_text(f"{race[0].seconds:.0f} s of {race[0].seconds:.0f} s")).to_be_visible(
                 timeout=10_000)
             charts = page.evaluate(CHART_DATA)

@@ -94,26 +94,25 @@ def _status(recording: Recording, seconds: float) -> str:
 
 
 def _state(key: str, name: str) -> dict:
-    """This replay's play state in the session: playing, the recorded second and wall time it was anchored at."""
+    """This replay's state in the session: ``playing``; ``at``, the recorded second shown (paused) or played from;
+    ``wall``, when play was pressed (time.monotonic); ``speed``."""
     state = st.session_state.setdefault(f"{key}_replay", {"name": name, "playing": False, "at": 0.0, "wall": 0.0})
     if state["name"] != name:  # another race chosen: back to its start
         state.update(name=name, playing=False, at=0.0, wall=0.0)
-        st.session_state[f"{key}_pos"] = 0.0
     return state
 
 
-def _position(state: dict, key: str, duration: float) -> float:
+def _position(state: dict, duration: float) -> float:
     if state["playing"]:
         return replay_seconds(time.monotonic() - state["wall"], state.get("speed", 1.0), state["at"], duration)
-    return min(float(st.session_state.get(f"{key}_pos", 0.0)), duration)
+    return min(state["at"], duration)
 
 
 def _toggle(key: str, duration: float) -> None:
     state = st.session_state[f"{key}_replay"]
-    position = _position(state, key, duration)
+    position = _position(state, duration)
     if state["playing"]:
-        state["playing"] = False
-        st.session_state[f"{key}_pos"] = position
+        state.update(playing=False, at=position)
     else:
         state.update(playing=True, at=0.0 if position >= duration else position, wall=time.monotonic())
 
@@ -121,13 +120,12 @@ def _toggle(key: str, duration: float) -> None:
 def _respeed(key: str, duration: float) -> None:
     state = st.session_state[f"{key}_replay"]
     if state["playing"]:  # keep the point reached, go on at the new speed
-        state.update(at=replay_seconds(time.monotonic() - state["wall"], state.get("speed", 1.0), state["at"],
-                                       duration), wall=time.monotonic())
+        state.update(at=_position(state, duration), wall=time.monotonic())
     state["speed"] = float(st.session_state[f"{key}_speed"])
 
 
 def _scrub(key: str) -> None:
-    st.session_state[f"{key}_replay"]["playing"] = False  # the slider's value is the point shown
+    st.session_state[f"{key}_replay"]["at"] = float(st.session_state[f"{key}_pos"])
 
 
 def replay_panel(recordings_by_name: dict[str, list[Recording]], key: str, chart_keys: Sequence[str] | None = None,
@@ -149,10 +147,10 @@ def replay_panel(recordings_by_name: dict[str, list[Recording]], key: str, chart
         state = _state(key, name)
         if state["playing"] != playing_at_render:
             st.rerun()  # register (or drop) the polling
-        position = _position(state, key, duration)
+        position = _position(state, duration)
         ended = state["playing"] and position >= duration
         if ended:
-            state["playing"] = False
+            state.update(playing=False, at=duration)
         provenance_note(recordings)
         play, speed, slider = st.columns([1, 1, 4], vertical_alignment="bottom")
         play.button("Pause" if state["playing"] else "Play", key=f"{key}_play", on_click=_toggle,
@@ -162,9 +160,13 @@ def replay_panel(recordings_by_name: dict[str, list[Recording]], key: str, chart
         speed.selectbox("Speed", REPLAY_SPEEDS, key=f"{key}_speed", format_func=lambda s: f"{s:g}× recorded",
                         on_change=_respeed, args=(key, duration))
         state.setdefault("speed", float(st.session_state[f"{key}_speed"]))
-        st.session_state[f"{key}_pos"] = round(position, 1)  # before the slider: it shows where the replay is
-        slider.slider("Recorded time, s", 0.0, max(duration, 0.1), step=0.1, key=f"{key}_pos",
-                      on_change=_scrub, args=(key,), help="Drag to scrub through the recorded run.")
+        if state["playing"]:  # a progress bar: a slider moved from here would read as a user's scrub
+            slider.progress(min(1.0, position / duration) if duration else 1.0,
+                            text=f"Recorded time {position:.1f} s of {duration:.1f} s")
+        else:
+            st.session_state[f"{key}_pos"] = round(position, 1)  # before the slider: where the replay stands
+            slider.slider("Recorded time, s", 0.0, max(duration, 0.1), step=0.1, key=f"{key}_pos",
+                          on_change=_scrub, args=(key,), help="Drag to scrub through the recorded run.")
         for recording in recordings:
             st.markdown(_status(recording, position))
         snapshots = [_snapshot(r, position) for r in recordings]
