@@ -37,6 +37,7 @@ if importlib.util.find_spec("uap_core") is None:  # python assets/make_recording
     sys.exit("assets/make_recordings.py needs the uap_core package installed: `pip install -e .` in the repository "
              "root (`pip install -r requirements-dev.txt` does it)")
 
+from uap_core.algorithms import get_algorithm
 from uap_core.provenance import generate_command
 from uap_core.recording import record_run, save_recording
 from uap_core.run import Run, RunConfig
@@ -87,7 +88,7 @@ def build_race(race: str, out: Path, data: dict[str, str]) -> list[dict]:
         written = DATA_AS_WRITTEN[settings["images"]]
         settings["images"] = data[settings["images"]]
         config = RunConfig(algorithm=algorithm, params=params, **settings)
-        command = generate_command(config, images=written)
+        command = generate_command(config, get_algorithm(algorithm).Params, images=written)
         started = time.perf_counter()
 
         def progress(event, title=title):

@@ -238,7 +238,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .provenance import generate_command
         from .recording import recording_path, save_recording
 
-        recording = recorder.finish(run, command=generate_command(result.config, extra=("--record",)), title=name)
+        recording = recorder.finish(run, command=generate_command(result.config, chosen.Params, extra=("--record",)),
+                                    title=name)
         summary["recording"] = str(save_recording(recording, recording_path(path)))
     if args.json:
         print(json.dumps(jsonable(summary)))

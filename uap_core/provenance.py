@@ -3,9 +3,12 @@
 A recorded run (:mod:`uap_core.recording`) and a saved artifact carry this, so a replay can say plainly on what
 machine, when, in how long and by which command it was made. Plain data only; no Streamlit, no run import.
 
+    >>> from uap_core.algorithms import get_algorithm
     >>> from uap_core.run_types import RunConfig
-    >>> generate_command(RunConfig(model="cifar_resnet20", algorithm="sga", eps=8 / 255, images="x.npz", epochs=5))
-    'python -m uap_core generate --model cifar_resnet20 --algorithm sga --eps 8/255 --norm linf --images x.npz --seed 0 --device auto --epochs 5'
+    >>> config = RunConfig(model="cifar_resnet20", algorithm="sga", eps=8 / 255, images="x.npz", epochs=5,
+    ...                    params={"batch_size": 50})
+    >>> generate_command(config, get_algorithm("sga").Params)
+    'python -m uap_core generate --model cifar_resnet20 --algorithm sga --eps 8/255 --norm linf --images x.npz --seed 0 --device auto --epochs 5 --batch-size 50'
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def describe_machine(info: dict[str, Any] | None) -> str:
     """One line: "NVIDIA H100 (GPU) · AMD EPYC 7B13, 2 cores" or "AMD EPYC 7B13, 2 cores (CPU only)"."""
     if not info:
         return "machine not recorded"
+    if info.get("unrecorded"):  # an artifact saved before machines were recorded: what it says of its device
+        return str(info["unrecorded"])
     cpu = f"{info.get('cpu') or 'unknown CPU'}, {info.get('cores') or '?'} cores"
     return f"{info['gpu']} (GPU) · {cpu}" if info.get("gpu") else f"{cpu} (CPU only)"
 
@@ -118,18 +123,17 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def generate_command(config: Any, images: str | None = None, extra: tuple[str, ...] = ()) -> str:
-    """The ``python -m uap_core generate …`` command that makes the run of ``config`` (a RunConfig, or its
-    ``dataclasses.asdict``): every command-line setting that differs from its default (and always model,
-    algorithm, eps, norm, images, seed, device), then the algorithm's hyperparameters. ``images`` replaces the
-    image source as written (e.g. a path relative to the repository); ``extra``: options appended as they are.
-    Runs on uploaded images cannot be repeated from a command line: the command then names ``uploads``."""
-    from .run_types import RunConfig  # the settings' declarations (RunConfig imports this module's neighbours only)
-    from .algorithms import ALGORITHMS
-
-    values = config if isinstance(config, dict) else dataclasses.asdict(config)
+def generate_command(config: Any, params_class: type | None = None, images: str | None = None,
+                     extra: tuple[str, ...] = ()) -> str:
+    """The ``python -m uap_core generate …`` command that makes the run of ``config`` (a RunConfig): every
+    command-line setting that differs from its default (and always model, algorithm, eps, norm, images, seed,
+    device), then the hyperparameters in ``config.params`` that ``params_class`` (the algorithm's Params) declares.
+    ``images`` replaces the image source as written (e.g. a path relative to the repository); ``extra``: options
+    appended as they are. Runs on uploaded images cannot be repeated from a command line: the command then names
+    ``uploads``."""
+    values = dataclasses.asdict(config)
     parts = [PROGRAM]
-    for spec in describe(RunConfig):
+    for spec in describe(type(config)):
         if not spec["cli"]:
             continue
         value = values.get(spec["name"], spec["default"])
@@ -138,8 +142,7 @@ def generate_command(config: Any, images: str | None = None, extra: tuple[str, .
         if value is None or (spec["name"] not in ALWAYS and value == spec["default"]):
             continue
         parts += [spec["flag"], shlex.quote(_shown(value))]
-    algorithm = ALGORITHMS.get(values.get("algorithm", ""))
-    flags = {f["name"]: f["flag"] for f in describe(algorithm.Params)} if algorithm else {}
+    flags = {f["name"]: f["flag"] for f in describe(params_class)} if params_class is not None else {}
     for name, value in sorted((values.get("params") or {}).items()):
         if value is not None and name in flags:
             parts += [flags[name], shlex.quote(_shown(value))]
@@ -148,12 +151,12 @@ def generate_command(config: Any, images: str | None = None, extra: tuple[str, .
     return " ".join(parts + list(extra))
 
 
-def run_provenance(config: Any, device: str, seconds: float) -> dict[str, Any]:
+def run_provenance(config: Any, params_class: type | None, device: str, seconds: float) -> dict[str, Any]:
     """What a saved run records of where it came from (an artifact's ``recorded`` block): ``date`` (now, UTC),
     ``seconds``, ``machine`` (:func:`machine_info`), ``version`` (:func:`project_version`) and ``command``
     (:func:`generate_command`)."""
     return {"date": now_utc(), "seconds": round(float(seconds), 2), "machine": machine_info(str(device)),
-            "version": project_version(), "command": generate_command(config)}
+            "version": project_version(), "command": generate_command(config, params_class)}
 
 
 __all__ = ["describe_machine", "describe_version", "generate_command", "machine_info", "now_utc", "project_version", "run_provenance"]

@@ -16,7 +16,7 @@ of plain arrays — the metadata and the events as UTF-8 JSON bytes, δ as uint8
 (:mod:`uap_core.atomic`) and read with ``allow_pickle=False``: never pickled. A CIFAR-10 ResNet-20 run of 500
 steps takes about 60 KB, an EfficientNet-Lite0 run with four 224² checkpoints a few hundred KB.
 
-    rec = record_run(Run(config), command=generate_command(config))   # runs it, δ every quarter of the run
+    rec = record_run(Run(config))        # runs it, δ every quarter of the run; the command from its config
     save_recording(rec, "uaps/my_run.recording.npz")
     rec = load_recording("uaps/my_run.recording.npz")
     for events in replay_frames(rec, speed=10):   # the events so far, 10× faster than recorded
@@ -208,7 +208,7 @@ class Recorder:
         info = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "date": now_utc(), "seconds": round(result.seconds, 2),
             "machine": machine_info(str(result.info.get("device", "cpu"))), "version": project_version(),
-            "command": command or generate_command(result.config),
+            "command": command or generate_command(result.config, type(run.params)),
             "config": jsonable(dataclasses.asdict(result.config)), "summary": jsonable(result.summary()),
             "label": f"{result.config.algorithm} · {result.config.model} · seed {result.config.seed}",
             **jsonable(meta)}
@@ -244,10 +244,10 @@ def recording_from_artifact(metadata: dict[str, Any], delta: torch.Tensor | None
         "format": FORMAT, "format_version": FORMAT_VERSION, "title": title or zoo.get("name") or "saved run",
         "date": recorded.get("date") or metadata.get("created"),
         "seconds": recorded.get("seconds") or summary.get("seconds") or zoo.get("seconds"),
-        "machine": recorded.get("machine") or ({"cpu": f"device {summary['device']}", "cores": "?"}
-                                               if summary.get("device") else None),
+        "machine": recorded.get("machine") or {"unrecorded": "machine not recorded" + (
+            f" (device {summary['device']})" if summary.get("device") else "")},
         "version": recorded.get("version"),
-        "command": recorded.get("command") or zoo.get("command") or (generate_command(config) if config else None),
+        "command": recorded.get("command") or zoo.get("command"),
         "config": config, "summary": summary,
         "label": f"{config.get('algorithm', metadata.get('algorithm'))} · {config.get('model', metadata.get('model'))}"
                  f" · seed {config.get('seed', metadata.get('seed'))}"}

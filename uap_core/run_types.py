@@ -203,5 +203,6 @@ class RunResult:
             "norm": self.config.norm, "seed": self.config.seed, "target": self.config.target,
             "input_size": list(self.delta.shape[1:]),
             # where, when, how long and by which command (a replay of the saved run says so)
-            "recorded": run_provenance(self.config, self.info.get("device", "cpu"), self.seconds),
+            "recorded": run_provenance(self.config, get_algorithm(self.config.algorithm).Params,
+                                       self.info.get("device", "cpu"), self.seconds),
         }
