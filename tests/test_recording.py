@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import shlex
+import time
 
 import numpy as np
 import pytest
@@ -113,12 +114,16 @@ def test_generate_record_writes_the_artifacts_history_and_delta(recorded_cli):
 
 
 # ---------------------------------------------------------------------------------------------- the shipped race
+def _role(title: str) -> str:
+    """"SGA (B 250, m 10, K 4)" → "SGA"; "SGD-UAP, small batch (B 10)" → "small batch"."""
+    return title.split(" (")[0].split(", ")[-1]
+
+
 @pytest.fixture(scope="module")
 def shipped_race() -> dict[str, Recording]:
     grouped = races(list_recordings(SHIPPED))
     assert CIFAR_RACE in grouped, f"no shipped race {CIFAR_RACE!r}: run python assets/make_recordings.py"
-    return {r.title.split(" (")[0].split(",")[-1].strip() if "SGD" in r.title else "SGA": r
-            for r in grouped[CIFAR_RACE]}
+    return {_role(r.title): r for r in grouped[CIFAR_RACE]}
 
 
 def test_shipped_race_shows_the_papers_finding(shipped_race):
@@ -172,6 +177,14 @@ def test_replay_labelled_and_scrubbed_to_the_recorded_values_on_home_race_and_li
         at.toggle(key=f"{key}_on").set_value(True).run()
         assert not at.exception
         _labelled(at, race)
+        if page == "home":  # Play, then Pause: the point moves on at the chosen speed and the slider stays there
+            at.selectbox(key=f"{key}_speed").set_value(100.0).run()
+            at.button(key=f"{key}_play").click().run()
+            assert at.button(key=f"{key}_play").label == "Pause" and at.get("progress")
+            time.sleep(0.5)
+            at.button(key=f"{key}_play").click().run()
+            assert at.button(key=f"{key}_play").label == "Play"
+            assert 40 <= at.slider(key=f"{key}_pos").value < race[0].seconds
         _scrub_to_end(at, key)
         assert _last_points(at) == pytest.approx([r.final_fooling_ratio for r in race])
         assert sum("**recorded**" in m.value for m in at.markdown) == len(race)
