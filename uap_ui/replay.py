@@ -71,8 +71,8 @@ def provenance_note(recordings: Sequence[Recording]) -> None:
     durations = ", ".join(f"{r.title}: {r.describe()['duration']}" for r in recordings) if len(recordings) > 1 \
         else first["duration"]
     scale = recordings[0].meta.get("scale")
-    st.info(f"{RECORDED_BADGE}. Recorded on **{first['machine']}** on {first['date']} "
-            f"({first['version']}), in {durations}. Replayed here from its saved history, not computed now."
+    st.info(f"{RECORDED_BADGE} — replayed from its saved history, not computed now. Machine: **{first['machine']}** · "
+            f"recorded {first['date']} · took {durations} · {first['version']}."
             + (f" Scale: {scale}." if scale else ""), icon=":material/history:")
     st.caption("Reproduce it with" + (" (one command per run):" if len(recordings) > 1 else ":"))
     st.code("\n".join(r.describe()["command"] for r in recordings), language="bash", wrap_lines=True)
@@ -152,7 +152,7 @@ def replay_panel(recordings_by_name: dict[str, list[Recording]], key: str, chart
         if ended:
             state.update(playing=False, at=duration)
         provenance_note(recordings)
-        play, speed, slider = st.columns([1, 1, 4], vertical_alignment="bottom")
+        play, speed, slider = st.columns([1, 1.4, 4], vertical_alignment="bottom")
         play.button("Pause" if state["playing"] else "Play", key=f"{key}_play", on_click=_toggle,
                     args=(key, duration), icon=":material/pause:" if state["playing"] else ":material/play_arrow:",
                     width="stretch", type="primary")
