@@ -24,7 +24,7 @@ from . import charts, runview, widgets
 from .jobs import DONE, RUNNING, JobSnapshot
 
 TICK_SECONDS = 0.5  # how often a playing replay redraws
-RECORDED_BADGE = ":material/history: **Recorded run — not live**"
+RECORDED_BADGE = "**Recorded run — not live**"
 
 
 # ---------------------------------------------------------------------------------------------- sources
