@@ -12,7 +12,7 @@ import streamlit as st
 import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 
 from uap_core.presets import demo_config
-from uap_ui import runview, widgets
+from uap_ui import replay, runview, widgets
 from uap_ui.jobs import Workspace
 from uap_ui.page import setup_page
 from uap_ui.session import current_workspace
@@ -94,6 +94,7 @@ def demo_view() -> None:
 
 
 demo_view()
+replay.home_section()  # beside the live demo: a recorded race at a scale a laptop cannot reach live
 
 demo = workspace.demo
 if demo is not None and not demo.active:

@@ -9,7 +9,7 @@ import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 from uap_core.algorithms import ALGORITHMS
 from uap_core.presets import RACE_BUDGET, race_config
 from uap_core.run import NORMS, RunConfig
-from uap_ui import charts, runview, widgets
+from uap_ui import charts, replay, runview, widgets
 from uap_ui.jobs import Workspace, run_label, short_algorithm_name
 from uap_ui.page import setup_page
 from uap_ui.session import current_workspace
@@ -158,6 +158,7 @@ def live_view() -> None:
 
 
 live_view()
+replay.race_section()  # the SGA paper's race, recorded, on the same charts
 
 # ---------------------------------------------------------------------------------------------- results
 finished = [job.snapshot() for job in workspace.runs_list() if not job.active]

@@ -11,7 +11,7 @@ import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 
 from uap_core.artifacts import perturbation_png, uap_to_bytes
 from uap_core.errors import UAPError
-from uap_ui import charts, spaces
+from uap_ui import charts, replay, spaces
 from uap_ui.jobs import short_algorithm_name
 from uap_ui.page import setup_page
 
@@ -100,6 +100,7 @@ else:
                                 key="lib_hist_cos", width="stretch")
             else:
                 st.caption("No metric history saved with this entry.")
+            replay.library_section(entry, artifact)
             with st.expander("Metadata"):
                 st.code(json.dumps({k: v for k, v in entry.metadata.items() if k != "history"}, indent=1,
                                    default=str)[:20000], language="json")

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "--resume: the checkpoint's)")
     add_setting_options(generate.add_argument_group("long runs: checkpoints and resume"), CheckpointSettings)
     generate.add_argument("--json", action="store_true", help="print one final JSON object on stdout")
+    generate.add_argument("--record", action="store_true",
+                          help="also save the run's recording beside the artifact (NAME.recording.npz: every step's "
+                               "metrics, the held-out evaluations, δ at a few steps; replayed in the app)")
     _add_scale_options(generate, "the held-out images")
     hyper = generate.add_argument_group("algorithm hyperparameters (paper defaults when omitted)")
     for name, field in _algorithm_options().items():
@@ -233,8 +236,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         previous = None if distributed.is_active() else signal.signal(signal.SIGINT, interrupted)
     except ValueError:  # not the main thread (called from a test's worker): no handler
         previous = None
+    recorder = _recorder(args.record and main_rank)
     try:
         for event in run.events():
+            if recorder is not None:
+                recorder.observe(event, run)
             if event.kind == "start":
                 bar = _progress(event.data["total_steps"], interactive)
                 if not args.json and main_rank:
@@ -268,6 +274,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             policy.remove()  # the run is done and saved: nothing left to continue
         elif policy.written_step is not None:
             summary["checkpoint"] = str(policy.path)
+    if recorder is not None:
+        from .provenance import generate_command
+        from .recording import recording_path, save_recording
+
+        recording = recorder.finish(run, command=generate_command(result.config, chosen.Params, extra=("--record",)),
+                                    title=name)
+        summary["recording"] = str(save_recording(recording, recording_path(path)))
     if args.json:
         print(json.dumps(jsonable(summary)))
     else:
@@ -288,6 +301,15 @@ def _given_options(argv: Sequence[str]) -> set[str]:
     for action in commands.choices["generate"]._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv)))
+
+
+def _recorder(enabled: bool):
+    """A :class:`uap_core.recording.Recorder` for ``generate --record`` (None when not asked for)."""
+    if not enabled:
+        return None
+    from .recording import Recorder
+
+    return Recorder()
 
 
 def _load_for_model(path: str, model) -> Any:

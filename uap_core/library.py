@@ -30,10 +30,11 @@ from .artifacts import SAFETENSORS_SUFFIX, UAPArtifact, load_uap, load_uap_bytes
 from .bundled import assets_dir
 from .atomic import move_all_no_clobber
 from .errors import ArtifactError, ParameterError
+from .recording import RECORDING_SUFFIX
 
 MAX_NAME_CHARS = 80
 MAX_NAME_BYTES = 200  # UTF-8; leaves room for suffixes and temp-file prefixes under the usual 255-byte limit
-SIBLING_SUFFIXES = (SAFETENSORS_SUFFIX, ".json", ".png")
+SIBLING_SUFFIXES = (SAFETENSORS_SUFFIX, ".json", ".png", RECORDING_SUFFIX)  # the recording: generate --record
 _EXTRA_CHARS = frozenset(" -_.")
 _WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}

@@ -20,6 +20,7 @@ from .images import STREAM_CHOICES
 from .jsonable import jsonable
 from .models import get_spec, resolve_device
 from .params import check_range, describe, param, parse_params, parse_value
+from .provenance import run_provenance
 
 KEEP = ("best", "last")
 COMPILE = ("auto", "on", "off")
@@ -203,4 +204,7 @@ class RunResult:
             "model": self.config.model, "algorithm": self.config.algorithm, "eps": self.config.eps,
             "norm": self.config.norm, "seed": self.config.seed, "target": self.config.target,
             "input_size": list(self.delta.shape[1:]),
+            # where, when, how long and by which command (a replay of the saved run says so)
+            "recorded": run_provenance(self.config, get_algorithm(self.config.algorithm).Params,
+                                       self.info.get("device", "cpu"), self.seconds),
         }
