@@ -152,8 +152,21 @@ class UAPAlgorithm:
 
     def image_gradients_per_step(self) -> int:
         """Forward + input-gradient backward passes over single images that one step costs (the unit of a fair
-        budget: ``RunConfig.max_image_gradients``). Default: one per image of the batch."""
-        return self.batch_size()
+        budget: ``RunConfig.max_image_gradients``): :meth:`image_gradients_for_batch` of a full batch."""
+        return self.image_gradients_for_batch(self.batch_size())
+
+    def image_gradients_for_batch(self, size: int) -> int:
+        """The image-gradients one step on a batch of ``size`` fit images costs. Default: one per image. Nominal
+        where the cost depends on δ (UAP's DeepFool skips fooled images): each step reports what it spent."""
+        return size
+
+    def step_costs(self) -> list[int]:
+        """The image-gradients of each step of one epoch, in order (``steps_per_epoch()`` entries): full batches,
+        then the shorter last one when the batch size does not divide the fit images. What the run's budget plan
+        (``run_setup._budget``) counts, so that the announced total is the steps the run takes."""
+        size = self.batch_size()
+        full, rest = divmod(self.num_images, size)
+        return [self.image_gradients_for_batch(size)] * full + ([self.image_gradients_for_batch(rest)] if rest else [])
 
     def permutation(self, n: int) -> torch.Tensor:
         """A random permutation of 0..n-1 (n,) int64 on the device, drawn from the seeded generator (on the CPU:
