@@ -13,6 +13,7 @@ batch by batch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from .errors import UAPError, first_line
 from .jsonable import jsonable
 from .params import describe
 from .run_types import MODEL_HELP, RunConfig
+from .seeds import SeedSettings
 
 EXIT_ERROR = 2
 
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="fit a UAP and save it",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_setting_options(generate, RunConfig)
+    add_setting_options(generate, SeedSettings)  # --seeds 0,1,2: one run (and artifact) each, and their spread
     generate.add_argument("--out", default="uaps", help="folder for the .safetensors/.json/.png artifact")
     generate.add_argument("--name", default=None, help="artifact name (default: model_algorithm_norm_eps_seed)")
     generate.add_argument("--json", action="store_true", help="print one final JSON object on stdout")
@@ -171,9 +174,7 @@ def _progress(total: int, enabled: bool):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .artifacts import save_uap
-    from .library import safe_name
-    from .run import Run
+    from .seeds import parse_seeds, spread_summary
 
     chosen = ALGORITHMS[args.algorithm]
     allowed = {f["name"] for f in describe(chosen.Params)}
@@ -187,6 +188,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
             params[name] = value
     config = RunConfig(**{spec["name"]: getattr(args, spec["name"]) for spec in describe(RunConfig) if spec["cli"]},
                        params=params, stream=args.stream, workers=args.workers)
+    seeds = parse_seeds(args.seeds)
+    if not seeds:
+        summary = _generate_one(args, config)
+        if summary is not None and args.json:
+            print(json.dumps(jsonable(summary)))
+        return 0
+    summaries = [_generate_one(args, dataclasses.replace(config, seed=seed), len(seeds) > 1) for seed in seeds]
+    if not distributed.is_main():
+        return 0
+    spread = spread_summary(summaries)
+    if args.json:
+        print(json.dumps(jsonable(spread)))
+    else:
+        fr, noise = spread["fooling_ratio"], spread["random_fooling_ratio"]
+        print(f"{len(seeds)} seeds: held-out fooling ratio {fr['mean']:.3f} ± {fr['sd']:.3f} (s.d.; min "
+              f"{fr['min']:.3f}, max {fr['max']:.3f}); random noise {noise['mean']:.3f} ± {noise['sd']:.3f}")
+    return 0
+
+
+def _generate_one(args: argparse.Namespace, config: RunConfig, seed_in_name: bool = False) -> dict | None:
+    """One run of ``generate``: progress on stderr, the artifact saved; its summary (None on a rank other than 0)."""
+    from .artifacts import save_uap
+    from .library import safe_name
+    from .run import Run
+
     run = Run(config)
     main_rank = distributed.is_main()  # under torchrun only rank 0 prints and writes
     out = _output_folder(args.out) if main_rank else None  # checked before the run, so a bad --out costs no run
@@ -222,19 +248,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UAPError("the run ended before producing a result")
     scale = _finish_ranks(result.seconds)
     if not main_rank:
-        return 0
+        return None
     eps255 = f"{result.config.eps * 255:g}".replace(".", "p")
-    name = safe_name(args.name or f"{result.config.model}_{result.config.algorithm}_{result.config.norm}_"
-                                  f"{eps255}_seed{result.config.seed}")
+    name = safe_name((args.name + (f"_seed{result.config.seed}" if seed_in_name else "")) if args.name else
+                     f"{result.config.model}_{result.config.algorithm}_{result.config.norm}_{eps255}_"
+                     f"seed{result.config.seed}")
     path = save_uap(result.delta, result.metadata(), out / f"{name}.safetensors")
     summary = {**result.summary(), "artifact": str(path), **scale}
-    if args.json:
-        print(json.dumps(jsonable(summary)))
-    else:
+    if not args.json:
         print(f"held-out fooling ratio {summary['fooling_ratio']:.3f} (random noise {summary['random_fooling_ratio']:.3f}); "
               f"dominant label {summary['dominant_name']!r} takes {summary['dominant_share']:.0%}; "
               f"{summary['seconds']:.1f} s, {summary['reason']}; saved {path}")
-    return 0
+    return summary
 
 
 def _load_for_model(path: str, model) -> Any:
