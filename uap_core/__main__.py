@@ -1,4 +1,4 @@
-"""The command line: ``python -m uap_core {list-models, generate, evaluate, transfer, study}``.
+"""The command line: ``python -m uap_core {list-models, generate, evaluate, transfer, race, study}``.
 
 Thin over run.py, artifacts.py and transfer.py. Errors print one line on stderr and exit 2; Ctrl-C during
 ``generate`` stops the run and still saves the best perturbation so far.
@@ -28,6 +28,7 @@ from .errors import UAPError, first_line
 from .jsonable import jsonable
 from .params import describe
 from .run_types import MODEL_HELP, RunConfig
+from .presets import RaceSettings
 from .seeds import SeedSettings
 
 EXIT_ERROR = 2
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--device", default="auto")
     transfer.add_argument("--json", action="store_true")
     _add_scale_options(transfer, "the images")
+    race = commands.add_parser("race", help="the classroom race: methods side by side on the embedded photos "
+                                             "(uap_core.presets.race_config), each once per seed",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_setting_options(race, RaceSettings)
+    add_setting_options(race, SeedSettings)
+    race.add_argument("--json", action="store_true", help="print one JSON object: each method's spread")
     _add_study_parser(commands)
     return parser
 
@@ -118,7 +125,8 @@ def add_setting_options(parser: Any, settings_class: type) -> None:
     for spec in describe(settings_class):
         if spec["cli"]:
             parser.add_argument(spec["flag"], dest=spec["name"], default=shown_default(spec["default"]),
-                                choices=list(spec["choices"]) if spec["choices"] else None,
+                                choices=list(spec["choices"]) if spec["choices"] and not
+                                spec["type"].startswith("list[") else None,  # a list: each element checked later
                                 help=spec["help"].replace("%", "%%") or None)
 
 
@@ -260,6 +268,34 @@ def _generate_one(args: argparse.Namespace, config: RunConfig, seed_in_name: boo
               f"dominant label {summary['dominant_name']!r} takes {summary['dominant_share']:.0%}; "
               f"{summary['seconds']:.1f} s, {summary['reason']}; saved {path}")
     return summary
+
+
+def cmd_race(args: argparse.Namespace) -> int:
+    """Each method of the race once per seed; its spread (mean ± s.d. of the held-out fooling ratio) per method."""
+    from .params import parse_params
+    from .presets import PROTOCOL_CAPTIONS, run_race
+    from .seeds import parse_seeds
+
+    settings = parse_params(RaceSettings, {s["name"]: getattr(args, s["name"]) for s in describe(RaceSettings)},
+                            "setting")
+    seeds = parse_seeds(args.seeds) or [0]
+
+    def progress(method: str, seed: int, event: Any) -> None:
+        if event.kind == "done" and not args.json:
+            print(f"{method} seed {seed}: held-out fooling ratio {event.data['fooling_ratio']:.3f}, "
+                  f"{event.data['steps']} steps, {event.data['image_gradients']} image-gradients, "
+                  f"{event.data['seconds']:.0f} s", file=sys.stderr)
+
+    outcome = {method: result.summary() for method, result in run_race(settings, seeds, progress).items()}
+    if args.json:
+        print(json.dumps(jsonable({"protocol": settings.protocol, "seeds": seeds, "methods": outcome})))
+        return 0
+    print(PROTOCOL_CAPTIONS[settings.protocol])
+    for method, summary in outcome.items():
+        fr = summary["fooling_ratio"]
+        print(f"{method}: held-out fooling ratio {fr['mean']:.3f} ± {fr['sd']:.3f} over {len(seeds)} seed(s) "
+              f"(random noise {summary['random_fooling_ratio']['mean']:.3f})")
+    return 0
 
 
 def _load_for_model(path: str, model) -> Any:
@@ -448,7 +484,7 @@ DISTRIBUTED_COMMANDS = ("generate", "evaluate", "transfer")
 
 
 COMMANDS = {"list-models": cmd_list_models, "generate": cmd_generate, "evaluate": cmd_evaluate,
-            "transfer": cmd_transfer, "study": cmd_study}
+            "transfer": cmd_transfer, "study": cmd_study, "race": cmd_race}
 
 
 def _output_folder(text: str) -> Path:
