@@ -43,6 +43,17 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 
 
+# The stability measure a page shows when it has room for one (Home's demo). Measured with
+# ``python bench/stability.py`` (CIFAR-10 ResNet-20, 8/255 L∞, 500 fit / 500 held-out images, 3 epochs each — the
+# paper's protocol — seeds 0, 1, 2; mean ± s.d. over the seeds of each run's mean over its steps):
+#   SGD-UAP B 10:        update_mean_cosine 0.151 ± 0.009, grad_cosine 0.047 ± 0.003, budget_use 0.770 ± 0.008
+#   SGA B 50, m 10, K 4: update_mean_cosine 0.304 ± 0.013, grad_cosine 0.211 ± 0.023, budget_use 0.796 ± 0.009
+# (held-out fooling ratio 0.752 ± 0.027 and 0.752 ± 0.043). Both cosines separate SGA from small-batch SGD-UAP;
+# the update's cosine to the running mean of the previous updates by the widest margin against the spread over
+# seeds (a gap of 0.15 against s.d.s near 0.01), so it is the default; budget use barely differs at this scale.
+STABILITY_DEFAULT = "update_mean_cosine"
+
+
 @dataclass
 class RunSeries:
     """What a chart needs of one run: its legend label, colour and events (dicts of RunEvent.as_dict())."""
