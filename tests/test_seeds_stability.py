@@ -92,3 +92,29 @@ def test_cli_seeds_print_the_spread(cifar_npz, tmp_path, capsys):
     assert out["fooling_ratio"]["mean"] == pytest.approx(statistics.fmean(finals))
     assert out["fooling_ratio"]["sd"] == pytest.approx(statistics.stdev(finals))
     assert len({Path(r["artifact"]).name for r in out["runs"]}) == 3
+
+
+def test_race_protocol_is_declared_once():
+    """The race's protocol: the paper's (equal epochs) by default, or equal image-gradients; one declaration gives
+    the command line's option and its check (uap_core.presets.RaceSettings)."""
+    import dataclasses
+
+    from uap_core.__main__ import build_parser
+    from uap_core.errors import ParameterError
+    from uap_core.params import parse_params
+    from uap_core.presets import RACE_BUDGET, RACE_EPOCHS, RaceSettings, race_config, race_entrant
+
+    paper = race_config("sga", "cpu")
+    assert paper.epochs == RACE_EPOCHS and paper.max_image_gradients is None
+    fair = race_config("sga", "cpu", protocol="image_gradients")
+    assert fair.max_image_gradients == RACE_BUDGET and fair.epochs is None
+    assert dataclasses.replace(paper, epochs=None, max_image_gradients=RACE_BUDGET) == fair
+    assert race_entrant(fair, "epochs", 2, 99).epochs == 2 and race_entrant(paper, "image_gradients", 2, 99) \
+        .max_image_gradients == 99
+    assert parse_params(RaceSettings, {}).protocol == "epochs"
+    with pytest.raises(ParameterError, match="protocol"):
+        parse_params(RaceSettings, {"protocol": "steps"})
+    args = build_parser().parse_args(["race", "--protocol", "image_gradients", "--seeds", "0,1"])
+    assert args.protocol == "image_gradients" and parse_seeds(args.seeds) == [0, 1]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["race", "--protocol", "steps"])
