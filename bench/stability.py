@@ -12,8 +12,21 @@ steps (budget use: at the last step), the held-out fooling ratio, and the second
     python bench/stability.py                         # SGD-UAP B 10 vs SGA B 50, m 10, K 4; seeds 0,1,2
     python bench/stability.py --fit 500 --epochs 3 --threads 2
 
-Each run's time is its own on the machine's CPU threads (runs one after another); a race runs them side by side
-on the same cores, so the race takes about the sum.
+Each run's time is its own (runs one after another); a race runs them side by side on the same cores.
+
+Measured (2026-12-07, the shared 2-core dev machine at load average 11–17, so the seconds are CPU-seconds, not
+wall-clock), mean ± s.d. over seeds 0, 1, 2:
+
+| fit / held-out | run | grad_cosine | update_mean_cosine | budget_use | held-out FR | steps |
+|---|---|---:|---:|---:|---:|---:|
+| 300 / 300 | SGD-UAP B 10 | 0.049 ± 0.014 | 0.133 ± 0.005 | 0.769 ± 0.007 | 0.727 ± 0.044 | 90 |
+| 300 / 300 | SGA B 50, m 10, K 4 | 0.155 ± 0.013 | 0.246 ± 0.029 | 0.660 ± 0.019 | 0.610 ± 0.023 | 18 |
+| 500 / 500 | SGD-UAP B 10 | 0.047 ± 0.003 | 0.151 ± 0.009 | 0.770 ± 0.008 | 0.752 ± 0.027 | 150 |
+| 500 / 500 | SGA B 50, m 10, K 4 | 0.211 ± 0.023 | 0.304 ± 0.013 | 0.796 ± 0.009 | 0.752 ± 0.043 | 30 |
+
+Random noise 0.30. All six runs: 120 CPU-seconds at 300 images (about a minute on 2 idle cores with the runs side by
+side), 191 at 500. Both cosines separate the methods on every seed; budget use does not. The charts' default is
+``update_mean_cosine`` (``uap_ui.charts.STABILITY_DEFAULT``).
 """
 
 from __future__ import annotations
