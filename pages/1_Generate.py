@@ -103,7 +103,8 @@ with st.container(border=True):
                       disabled=not model_ok or len(running) + len(seeds) > limit, width="stretch")
     race_label = " vs ".join(short_algorithm_name(m) for m in race_methods) if race_methods else "methods"
     race = b2.button(f"Race {race_label}", key="gen_race", icon=":material/compare_arrows:",
-                     disabled=(not (2 <= len(race_methods) <= 4) or len(running) + len(race_methods) * len(seeds) > limit
+                     disabled=(not (2 <= len(race_methods) <= 4)
+                               or len(running) + len(race_methods) * len(seeds) > limit
                                or not (model_ok or race_preset)), width="stretch",
                      help="Start the chosen methods side by side (see Race methods above).")
     b3.button("Stop", key="gen_stop", icon=":material/stop:", on_click=stop_runs, args=(workspace,),

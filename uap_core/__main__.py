@@ -202,7 +202,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if summary is not None and args.json:
             print(json.dumps(jsonable(summary)))
         return 0
-    summaries = [_generate_one(args, dataclasses.replace(config, seed=seed), len(seeds) > 1) for seed in seeds]
+    summaries = []
+    for seed in seeds:
+        summaries.append(_generate_one(args, dataclasses.replace(config, seed=seed), len(seeds) > 1))
+        if summaries[-1] is not None and summaries[-1]["reason"] == "stopped":  # Ctrl-C: no further seed
+            break
     if not distributed.is_main():
         return 0
     spread = spread_summary(summaries)
