@@ -22,6 +22,13 @@ MAX_RUNNING = 4
 MAX_SEEDED = 12  # runs one click may start when several seeds are asked for (the server's queue takes the rest)
 RACE_DEFAULT = ["sga", "sgd_uap"]  # the SGA paper's central comparison
 SHARED_PARAMS = ("batch_size", "step_size", "beta", "momentum", "loss")
+SEED_GROUPS = "gen_seed_groups"  # job id → its group of seeds (drawn as one mean line and band)
+
+
+def join_group(job, group: str | None) -> None:
+    """Note a run started as one of several seeds (a reused run keeps its own label: the group is kept here)."""
+    if group:
+        st.session_state.setdefault(SEED_GROUPS, {})[job.id] = group
 
 workspace = setup_page("Generate")
 st.title("Generate a universal perturbation")
@@ -88,10 +95,10 @@ with st.container(border=True):
                    "draws them on one set of charts; with several seeds each method is a mean line with its min–max "
                    "band. The stability chart (each update against the mean of the previous ones) separates SGA "
                    "from small-batch SGD-UAP at laptop scale on CIFAR-10 ResNet-20 (0.25 against 0.13, 3 seeds, "
-                   "about a minute: bench/stability.py). On 13 photos the preset cannot rank the methods as the "
-                   "papers do: SGA's stable directions pay off with 250-image batches and 10,000 images, and 12 "
-                   "held-out photos (48 crops) resolve differences of a few points only; a recorded paper-scale run "
-                   "shows it (Replay).")
+                   "about a minute: bench/stability.py), but not on the preset's 13 photos (0.04 against 0.03): "
+                   "there the methods cannot be ranked as the papers do — SGA's stable directions pay off with "
+                   "250-image batches and 10,000 images, and 48 held-out crops resolve differences of a few points "
+                   "only; a recorded paper-scale run shows it (Replay).")
 
     try:
         seeds = parse_seeds(seeds_text) or [int(seed)]
@@ -123,6 +130,7 @@ with st.container(border=True):
                                     if seed_note else None)
             if job is None:
                 break
+            join_group(job, seed_note and f"{short_algorithm_name(algorithm)} · {config.model}{seed_note}")
             workspace.add_run(job)
         else:
             st.rerun()  # redraw the buttons (Stop enabled) and start polling
@@ -145,6 +153,8 @@ with st.container(border=True):
                 if job is None:
                     started = False
                     break
+                join_group(job, seed_note and f"{short_algorithm_name(method)} · {config.model} (race, "
+                                              f"{seed_note.strip(' ()')})")
                 workspace.add_run(job)
             if not started:
                 break
@@ -179,7 +189,7 @@ def live_view() -> None:
                            "comparison). Equal image-gradients: every method has spent the same compute.")
     if x_axis != "step":
         st.caption(PROTOCOL_CAPTIONS["epochs" if x_axis == "epoch" else "image_gradients"])
-    runview.metric_charts(snapshots, key="gen_chart", x_axis=x_axis)
+    runview.metric_charts(snapshots, key="gen_chart", x_axis=x_axis, groups=st.session_state.get(SEED_GROUPS))
     labels = {s.id: s.label for s in snapshots}
     shown_id = snapshots[-1].id
     if len(snapshots) > 1:
@@ -195,7 +205,7 @@ live_view()
 finished = [job.snapshot() for job in workspace.runs_list() if not job.active]
 if finished:
     st.subheader("Results")
-    for line in runview.seed_spreads(finished):
+    for line in runview.seed_spreads(finished, st.session_state.get(SEED_GROUPS)):
         st.markdown(line)
     for i, snap in enumerate(reversed(finished)):
         with st.expander(f"{snap.label} — {snap.state}", expanded=i == 0):

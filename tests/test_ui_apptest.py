@@ -214,8 +214,10 @@ def test_generate_race_with_seeds_draws_bands_on_the_epoch_axis(library_dir):
         assert sorted(t["name"].split(" ·")[0] for t in means) == ["SGA", "SGD-UAP"], title
         assert sum(t.get("fill") == "tonexty" for t in figure["data"]) == 2, title
         assert all(t["x"][-1] == pytest.approx(1.0) for t in means), title  # both end after their one epoch
+    at.run()  # the results below the live view: drawn by the script run after the last run ended
+    assert not at.exception
     spreads = [m.value for m in at.markdown if "over 2 seeds" in m.value]
-    assert len(spreads) == 2 and all("±" in line for line in spreads)
+    assert len(spreads) == 2 and all("±" in line for line in spreads), spreads
 
 
 def test_every_method_runs_from_generate(library_dir):

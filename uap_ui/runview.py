@@ -57,12 +57,13 @@ def seed_group(label: str) -> str | None:
     return re.sub(r" · seed \d+", "", label) if re.search(r"seeds [\d,]+\)$", label) else None
 
 
-def series(snapshots: Sequence[JobSnapshot]) -> list[charts.RunSeries]:
+def series(snapshots: Sequence[JobSnapshot], groups: dict[int, str] | None = None) -> list[charts.RunSeries]:
     """Chart series of the runs, coloured by their position (the same colour on every chart; the seeds of one
-    setting share their first run's colour and are drawn as one mean line and band)."""
+    setting share their first run's colour and are drawn as one mean line and band). ``groups``: job id → the
+    group a page started it in (a run reused from an earlier request keeps its own label), else by label."""
     out, colors = [], {}
     for i, s in enumerate(snapshots):
-        group = seed_group(s.label)
+        group = (groups or {}).get(s.id) or seed_group(s.label)
         color = colors.setdefault(group, charts.color_for(len(colors))) if group else charts.color_for(len(colors))
         if not group:
             colors[f"run {i}"] = color
@@ -70,18 +71,18 @@ def series(snapshots: Sequence[JobSnapshot]) -> list[charts.RunSeries]:
     return out
 
 
-def seed_spreads(snapshots: Sequence[JobSnapshot]) -> list[str]:
+def seed_spreads(snapshots: Sequence[JobSnapshot], groups: dict[int, str] | None = None) -> list[str]:
     """One markdown line per group of seeds with at least two finished runs: mean ± s.d. of the held-out fooling
     ratio (uap_core.seeds.spread) over its seeds."""
     from uap_core.seeds import spread
 
-    groups: dict[str, list[float]] = {}
+    finals: dict[str, list[float]] = {}
     for snap in snapshots:
-        group = seed_group(snap.label)
+        group = (groups or {}).get(snap.id) or seed_group(snap.label)
         if group and snap.result is not None:
-            groups.setdefault(group, []).append(snap.result.evaluation.fooling_ratio)
+            finals.setdefault(group, []).append(snap.result.evaluation.fooling_ratio)
     lines = []
-    for group, values in groups.items():
+    for group, values in finals.items():
         if len(values) > 1:
             s = spread(values)
             lines.append(f"**{group}**: held-out fooling ratio **{s['mean']:.1%} ± {s['sd']:.1%}** (mean ± s.d. "
@@ -122,11 +123,12 @@ def status_line(snap: JobSnapshot) -> None:
 
 
 def metric_charts(snapshots: Sequence[JobSnapshot], key: str, keys: Sequence[str] | None = None,
-                  columns: int = 3, height: int = 280, x_axis: str = "step") -> None:
-    """The live metric charts, one trace per run, against step or image-gradients (``x_axis``)."""
-    runs = series(snapshots)
+                  columns: int = 3, height: int = 280, x_axis: str = "step", groups: dict[int, str] | None = None) -> None:
+    """The live metric charts, one trace per run (one band per group of seeds: ``groups``, see :func:`series`),
+    against step, epochs or image-gradients (``x_axis``)."""
+    runs = series(snapshots, groups)
     specs = [charts.metric_spec(k) for k in keys] if keys else list(charts.METRICS)
-    version = tuple((s.id, s.label, len(s.events), s.active) for s in snapshots)
+    version = tuple((s.id, s.label, len(s.events), s.active, (groups or {}).get(s.id)) for s in snapshots)
     cols = st.columns(columns)
     for i, spec in enumerate(specs):
         with cols[i % columns]:
