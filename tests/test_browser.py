@@ -265,6 +265,52 @@ def test_race_preset_live_on_the_image_gradient_axis(browser, server):
 
 
 # ---------------------------------------------------------------------------------------------- a new user's photo
+
+def test_own_photo_tables_fit_a_1300_px_window(browser, server):
+    """Inspect's "Your own photo" in a 1300-px-wide window: both top-5 tables show every confidence number whole
+    (inside the table's column, nothing cut), and each picture is one element with its caption — the perturbed
+    photo's caption never without its (decoded) image."""
+    from playwright.sync_api import expect
+
+    from uap_core.images import load_samples
+
+    samples = load_samples(224, 256, None)
+    name = next(n for n in samples.names if n.startswith("foolbox/"))
+    path = Path(__import__("foolbox").__file__).parent / "data" / name.split("/")[-1]
+    context = browser.new_context()
+    try:
+        page = context.new_page()  # the Inspect page also measures 50 images: a loaded machine needs longer
+        page.set_viewport_size({"width": 1300, "height": 2400})
+        page.goto(f"{server}/Inspect")
+        wait_loaded(page, 180_000)
+        expect(page.get_by_role("heading", name="Your own photo")).to_be_visible(timeout=60_000)
+        page.locator("input[type='file']").first.set_input_files(str(path))
+        expect(page.get_by_text("Top-5, perturbed")).to_be_visible(timeout=180_000)
+        wait_loaded(page, 180_000)
+        no_exception(page)
+        for kind in ("clean", "perturbed"):
+            figure = page.locator(f"figure[data-uap-photo='{kind}']")
+            expect(figure).to_have_count(1)
+            expect(figure.locator("figcaption")).to_contain_text(f"{kind}: ")
+            assert figure.locator("img").evaluate("img => img.complete && img.naturalWidth") == 224
+            table = page.locator(f"table[data-uap-top5='{kind}']")
+            column = table.locator("xpath=ancestor::div[@data-testid='stColumn'][1]")
+            right = column.bounding_box()["x"] + column.bounding_box()["width"]
+            cells = table.locator("td[data-uap-confidence]")
+            expect(cells).to_have_count(5)
+            for i in range(5):
+                cell = cells.nth(i)
+                assert re.fullmatch(r"\d+\.\d%", cell.inner_text().strip()), cell.inner_text()
+                box = cell.bounding_box()
+                assert box["x"] + box["width"] <= right + 1, (kind, i, box, right)  # inside its column
+                assert cell.evaluate("td => td.scrollWidth <= td.clientWidth + 1"), (kind, i)  # nothing clipped
+        page.get_by_role("heading", name="Your own photo").scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        shot(page, "06-inspect-own-photo-1300px")
+    finally:
+        context.close()
+
+
 def test_new_user_flips_the_label_of_their_own_photo(browser, server, tmp_path):
     """Nothing generated: open Inspect, the shipped Lite0 SGA perturbation is there, upload a photo (a phone-sized
     window), and its label flips, with the top-5 before and after."""

@@ -50,7 +50,7 @@ def test_race_preset_shows_sga_and_sgd_uap_apart_at_equal_cost(lite0):
     3 of the 48 crops (0.0625) of its measured figure, at least 4 crops (0.08) apart (measured: 6)."""
     results = {}
     for algorithm in ("sga", "sgd_uap"):
-        config = race_config(algorithm, "cpu")
+        config = race_config(algorithm, "cpu", protocol="image_gradients")  # the equal-cost protocol
         assert config.max_image_gradients == RACE_BUDGET and config.augment == 8 and config.holdout_views == 4
         # the claim is on the last δ (keep="last"): the charts' ~20 intermediate evaluations are skipped here
         config = dataclasses.replace(config, eval_every=10_000)

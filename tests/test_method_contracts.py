@@ -285,3 +285,39 @@ def test_a_checkpointed_run_resumes_bit_for_bit(name, params, tmp_path):
         assert (result.steps, result.best_step, result.reason) == (whole.steps, whole.best_step, whole.reason)
         assert events[0].pop("resumed_from_step") == crash_after
         assert without_timings(events) == without_timings(result.history)  # the saved events are yielded again
+
+
+@pytest.mark.parametrize("name, params", CASES)
+@pytest.mark.parametrize("fit, budget", [(11, 23), (13, 50)])
+def test_the_step_counter_never_passes_its_total(name, params, fit, budget):
+    """A budgeted Run at an odd fit size (a shorter last batch, which costs less): the "start" event's total is
+    the step the run ends at, every step's counter stays within it, and where a step's cost does not depend on δ
+    the budget is honest — the run spends at least the budget, and the step before the last had not reached it."""
+    config = RunConfig(model="cifar_resnet20", algorithm=name, eps=BUDGETS["linf"], images="toy", fit=fit,
+                       holdout=24 - fit, seed=0, device="cpu", params=params, eval_every=100, keep="last",
+                       max_image_gradients=budget)
+    result = Run(config, model=contract_model(), images=toy_images()).run_to_end()
+    total = result.history[0]["total_steps"]
+    steps = [event for event in result.history if event["kind"] == "step"]
+    assert [event["step"] for event in steps] == list(range(1, len(steps) + 1))
+    assert len(steps) <= total and result.steps == len(steps)
+    if name in DATA_DEPENDENT_COST:
+        assert result.reason == "budget"  # the budget spent or the planned steps taken, whichever came first
+        return
+    spent = [event["image_gradients_total"] for event in steps]
+    if result.reason == "budget":
+        assert result.steps == total and spent[-1] >= budget and (len(spent) == 1 or spent[-2] < budget)
+    else:  # a data-free method's iterations end first
+        assert result.reason == "completed" and result.steps == total and spent[-1] < budget
+
+
+def test_the_classroom_race_counter_by_hand():
+    """SGD-UAP B 10 on 104 fit images (13 photos × 8 crops: batches of 10, …, 10, 4) and 600 image-gradients:
+    5 epochs cost 520, then 8 batches of 10 reach 600 — 63 steps, announced as 63 (it used to say 60)."""
+    images = ImageSet(fit_pixels(1, 120), torch.zeros(120, dtype=torch.int64), [f"t{i}" for i in range(120)], source="toy")
+    config = RunConfig(model="cifar_resnet20", algorithm="sgd_uap", eps=BUDGETS["linf"], images="toy", fit=104,
+                       holdout=16, seed=0, device="cpu", params={"batch_size": 10}, eval_every=1000, keep="last",
+                       max_image_gradients=600)
+    result = Run(config, model=contract_model(), images=images).run_to_end()
+    assert result.history[0]["total_steps"] == 63 == result.steps and result.info["epochs"] == 6
+    assert result.info["image_gradients"] == 600 and result.reason == "budget"

@@ -165,6 +165,9 @@ def test_generate_tiny_run_race_charts_and_save(library_dir):
     # against image-gradients spent
     assert at.multiselect(key="gen_race_methods").value == ["sga", "sgd_uap"]
     at.toggle(key="gen_race_preset").set_value(False).run()
+    assert at.selectbox(key="gen_race_protocol").value == "epochs"  # the paper's protocol by default
+    at.selectbox(key="gen_race_protocol").set_value("image_gradients").run()
+    assert any("equal image-gradients" in c.value for c in at.caption)
     at.button(key="gen_race").click().run()
     assert not at.exception and not at.error
     lines = wait_for_runs(at)
@@ -189,6 +192,32 @@ def test_generate_tiny_run_race_charts_and_save(library_dir):
 
     at.button(key="gen_clear").click().run()
     assert not status_lines(at)
+
+
+def test_generate_race_with_seeds_draws_bands_on_the_epoch_axis(library_dir):
+    """The race in the paper's protocol (the default: equal epochs) with two seeds: SGA and SGD-UAP run once per
+    seed; each method is one mean line with its min–max band against epochs, and the results give mean ± s.d."""
+    at = page("generate").run()
+    _tiny_settings(at)
+    at.text_input(key="gen_seeds").set_value("0,1").run()
+    at.toggle(key="gen_race_preset").set_value(False).run()
+    at.button(key="gen_race").click().run()
+    assert not at.exception and not at.error
+    lines = wait_for_runs(at)
+    assert len(lines) == 4 and all("finished]" in line for line in lines)
+    assert at.radio(key="gen_x_axis").value == "epoch"
+    assert any("equal epochs" in c.value for c in at.caption)
+    for title in ("Held-out fooling ratio", "Stability: update vs the mean", "Budget used"):
+        figure = figure_titled(at, title)
+        assert figure["layout"]["xaxis"]["title"]["text"].startswith("epochs")
+        means = [t for t in figure["data"] if "mean of 2 seeds" in (t.get("name") or "")]
+        assert sorted(t["name"].split(" ·")[0] for t in means) == ["SGA", "SGD-UAP"], title
+        assert sum(t.get("fill") == "tonexty" for t in figure["data"]) == 2, title
+        assert all(t["x"][-1] == pytest.approx(1.0) for t in means), title  # both end after their one epoch
+    at.run()  # the results below the live view: drawn by the script run after the last run ended
+    assert not at.exception
+    spreads = [m.value for m in at.markdown if "over 2 seeds" in m.value]
+    assert len(spreads) == 2 and all("±" in line for line in spreads), spreads
 
 
 def test_every_method_runs_from_generate(library_dir):

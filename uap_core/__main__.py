@@ -1,4 +1,4 @@
-"""The command line: ``python -m uap_core {list-models, generate, evaluate, transfer, study}``.
+"""The command line: ``python -m uap_core {list-models, generate, evaluate, transfer, race, study}``.
 
 Thin over run.py, artifacts.py and transfer.py. Errors print one line on stderr and exit 2; Ctrl-C during
 ``generate`` stops the run and still saves the best perturbation so far.
@@ -13,6 +13,7 @@ batch by batch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,8 @@ from .errors import UAPError, first_line
 from .jsonable import jsonable
 from .params import describe
 from .run_types import MODEL_HELP, RunConfig
+from .presets import RaceSettings
+from .seeds import SeedSettings
 
 EXIT_ERROR = 2
 
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="fit a UAP and save it",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_setting_options(generate, RunConfig)
+    add_setting_options(generate, SeedSettings)  # --seeds 0,1,2: one run (and artifact) each, and their spread
     generate.add_argument("--out", default="uaps", help="folder for the .safetensors/.json/.png artifact "
                           "(with --resume: the checkpoint's folder)")
     generate.add_argument("--name", default=None, help="artifact name (default: model_algorithm_norm_eps_seed; with "
@@ -103,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--device", default="auto")
     transfer.add_argument("--json", action="store_true")
     _add_scale_options(transfer, "the images")
+    race = commands.add_parser("race", help="the classroom race: methods side by side on the embedded photos "
+                                             "(uap_core.presets.race_config), each once per seed",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_setting_options(race, RaceSettings)
+    add_setting_options(race, SeedSettings)
+    race.add_argument("--json", action="store_true", help="print one JSON object: each method's spread")
     _add_study_parser(commands)
     app = commands.add_parser("app", help="start the explorer (Streamlit) on the bundled pages",
                               description="Start the Streamlit app (the Home page and its five pages). Options "
@@ -127,7 +137,8 @@ def add_setting_options(parser: Any, settings_class: type) -> None:
     for spec in describe(settings_class):
         if spec["cli"]:
             parser.add_argument(spec["flag"], dest=spec["name"], default=shown_default(spec["default"]),
-                                choices=list(spec["choices"]) if spec["choices"] else None,
+                                choices=list(spec["choices"]) if spec["choices"] and not
+                                spec["type"].startswith("list[") else None,  # a list: each element checked later
                                 help=spec["help"].replace("%", "%%") or None)
 
 
@@ -183,12 +194,8 @@ def _progress(total: int, enabled: bool):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import signal
-
-    from .artifacts import save_uap
-    from .checkpoint import FINISHED, CheckpointPolicy, artifact_name, checkpoint_path, load_checkpoint
-    from .library import safe_name
-    from .run import Run
+    from .checkpoint import load_checkpoint
+    from .seeds import parse_seeds, spread_summary
 
     resume = load_checkpoint(args.resume) if args.resume else None
     given = _given_options(getattr(args, "argv", sys.argv[1:])) if resume is not None else set()
@@ -209,6 +216,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:  # the checkpoint's settings; the options given must agree with them (or change where/how long it runs)
         config = resume.resumed_config({**{name: getattr(args, name) for name in settings if name in given},
                                         "params": params})
+    seeds = parse_seeds(args.seeds)
+    if not seeds:
+        summary = _generate_one(args, config, resume=resume, given=given)
+        if summary is not None and args.json:
+            print(json.dumps(jsonable(summary)))
+        return 0
+    if resume is not None:
+        raise UAPError("--seeds cannot be combined with --resume: a checkpoint continues one run (resume each seed's "
+                       "checkpoint on its own)")
+    summaries = []
+    for seed in seeds:
+        summaries.append(_generate_one(args, dataclasses.replace(config, seed=seed), seed_in_name=len(seeds) > 1))
+        if summaries[-1] is not None and summaries[-1]["reason"] == "stopped":  # Ctrl-C: no further seed
+            break
+    if not distributed.is_main():
+        return 0
+    spread = spread_summary(summaries)
+    if args.json:
+        print(json.dumps(jsonable(spread)))
+    else:
+        fr, noise = spread["fooling_ratio"], spread["random_fooling_ratio"]
+        print(f"{len(seeds)} seeds: held-out fooling ratio {fr['mean']:.3f} ± {fr['sd']:.3f} (s.d.; min "
+              f"{fr['min']:.3f}, max {fr['max']:.3f}); random noise {noise['mean']:.3f} ± {noise['sd']:.3f}")
+    return 0
+
+
+def _generate_one(args: argparse.Namespace, config: RunConfig, resume: Any = None, given: set[str] = frozenset(),
+                  seed_in_name: bool = False) -> dict | None:
+    """One run of ``generate`` (or its continuation from the checkpoint ``resume``): progress on stderr, checkpoints
+    if asked for, the artifact saved; its summary (None on a rank other than 0)."""
+    import signal
+
+    from .artifacts import save_uap
+    from .checkpoint import FINISHED, CheckpointPolicy, artifact_name, checkpoint_path
+    from .library import safe_name
+    from .run import Run
+
     validated = config.validated()
     out_text = args.out if resume is None or "out" in given else str(resume.path.parent)
     every = args.checkpoint_every if args.checkpoint_every is not None or resume is None else resume.every
@@ -216,7 +260,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = _output_folder(out_text) if main_rank else None  # checked before the run, so a bad --out costs no run
     eps255 = f"{validated.eps * 255:g}".replace(".", "p")
     default_name = f"{validated.model}_{validated.algorithm}_{validated.norm}_{eps255}_seed{validated.seed}"
-    name = safe_name(args.name or (artifact_name(resume.path) if resume is not None else default_name))
+    if args.name:
+        name = safe_name(args.name + (f"_seed{validated.seed}" if seed_in_name else ""))
+    else:
+        name = safe_name(artifact_name(resume.path) if resume is not None else default_name)
+    chosen = ALGORITHMS[validated.algorithm]
     bar = None
     interactive = sys.stderr.isatty() and not args.json and main_rank
 
@@ -266,7 +314,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UAPError("the run ended before producing a result")
     scale = _finish_ranks(result.seconds)
     if not main_rank:
-        return 0
+        return None
     path = save_uap(result.delta, result.metadata(), out / f"{name}.safetensors")
     summary = {**result.summary(), "artifact": str(path), **scale}
     if policy is not None:
@@ -281,9 +329,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         recording = recorder.finish(run, command=generate_command(result.config, chosen.Params, extra=("--record",)),
                                     title=name)
         summary["recording"] = str(save_recording(recording, recording_path(path)))
-    if args.json:
-        print(json.dumps(jsonable(summary)))
-    else:
+    if not args.json:
         rate = (f"; fooling rate {summary['fooling_rate']:.3f} (1 − accuracy on {summary['labelled_images']} labelled)"
                 if summary.get("fooling_rate") is not None else "")
         print(f"held-out fooling ratio {summary['fooling_ratio']:.3f} (random noise {summary['random_fooling_ratio']:.3f}){rate}; "
@@ -291,7 +337,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
               f"{summary['seconds']:.1f} s, {summary['reason']}; saved {path}")
         if "checkpoint" in summary:
             print(f"to continue: {_program_name()} generate --resume {summary['checkpoint']}", file=sys.stderr)
-    return 0
+    return summary
+
+
+def cmd_race(args: argparse.Namespace) -> int:
+    """Each method of the race once per seed; its spread (mean ± s.d. of the held-out fooling ratio) per method."""
+    from .params import parse_params
+    from .presets import PROTOCOL_CAPTIONS, run_race
+    from .seeds import parse_seeds
+
+    settings = parse_params(RaceSettings, {s["name"]: getattr(args, s["name"]) for s in describe(RaceSettings)},
+                            "setting")
+    seeds = parse_seeds(args.seeds) or [0]
+
+    def progress(method: str, seed: int, event: Any) -> None:
+        if event.kind == "done" and not args.json:
+            print(f"{method} seed {seed}: held-out fooling ratio {event.data['fooling_ratio']:.3f}, "
+                  f"{event.data['steps']} steps, {event.data['image_gradients']} image-gradients, "
+                  f"{event.data['seconds']:.0f} s", file=sys.stderr)
+
+    outcome = {method: result.summary() for method, result in run_race(settings, seeds, progress).items()}
+    if args.json:
+        print(json.dumps(jsonable({"protocol": settings.protocol, "seeds": seeds, "methods": outcome})))
+        return 0
+    print(PROTOCOL_CAPTIONS[settings.protocol])
+    for method, summary in outcome.items():
+        fr = summary["fooling_ratio"]
+        print(f"{method}: held-out fooling ratio {fr['mean']:.3f} ± {fr['sd']:.3f} over {len(seeds)} seed(s) "
+              f"(random noise {summary['random_fooling_ratio']['mean']:.3f})")
 
 
 def _given_options(argv: Sequence[str]) -> set[str]:
@@ -522,7 +595,7 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list-models": cmd_list_models, "generate": cmd_generate, "evaluate": cmd_evaluate,
-            "transfer": cmd_transfer, "study": cmd_study, "app": cmd_app}
+            "transfer": cmd_transfer, "study": cmd_study, "app": cmd_app, "race": cmd_race}
 
 
 def _output_folder(text: str) -> Path:

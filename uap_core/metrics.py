@@ -49,6 +49,14 @@ def quantisation_error(gradient: torch.Tensor) -> float:
     return (1 - g.norm(p=1) / (math.sqrt(g.numel()) * l2)).item()
 
 
+def budget_use(delta: torch.Tensor, eps: float, norm: str) -> float:
+    """How much of the budget δ uses: ‖δ‖₂ against the ‖·‖₂ of the budget's largest perturbation — the ±eps corner
+    under L∞ (eps·√d), the sphere under L2 (eps). 1 when every entry sits at ±eps; successive sign steps that
+    disagree cancel and keep it low (the SGA paper's "gradient vanishing", made visible)."""
+    corner = eps * math.sqrt(delta.numel()) if norm == "linf" else eps
+    return (delta.float().norm() / corner).item() if corner > 0 else float("nan")
+
+
 def sign_flip_rate(gradient: torch.Tensor, previous: torch.Tensor) -> float:
     """Share of entries whose sign differs between two consecutive update gradients."""
     return (torch.sign(gradient) != torch.sign(previous)).float().mean().item()

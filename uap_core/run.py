@@ -190,7 +190,8 @@ class Run:
                     yield emit(RunEvent("step", step, epoch, self._elapsed(), stats))
                     if step % p.eval_every == 0 or step == 1:  # step 1: an early point on the charts
                         yield emit(self._evaluation(keeper, step, epoch, spent))
-                    if cfg.max_image_gradients is not None and spent >= cfg.max_image_gradients:
+                    if cfg.max_image_gradients is not None and (spent >= cfg.max_image_gradients
+                                                                or step >= p.total_steps):  # nominal costs (UAP)
                         reason = "budget"
                         break
                     if self.checkpoints is not None and (self.checkpoints.due(step)

@@ -8,7 +8,6 @@ split (views, streaming, one block per rank under torchrun), the clean predictio
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -204,13 +203,22 @@ def _split(cfg: RunConfig, images: ImageSet | ImageStream) -> tuple[ImageSet, An
 
 def _budget(cfg: RunConfig, algorithm: UAPAlgorithm, steps_per_epoch: int) -> tuple[int, int]:
     """(epochs, total steps): the configured epochs (else the algorithm's default), or — under
-    ``max_image_gradients`` without epochs — as many epochs as the budget needs; the budget caps the steps."""
-    budget_steps = None
-    if cfg.max_image_gradients is not None:
-        budget_steps = math.ceil(cfg.max_image_gradients / max(1, algorithm.image_gradients_per_step()))
-    if cfg.epochs is None and budget_steps is not None:
-        epochs = math.ceil(budget_steps / steps_per_epoch)
-    else:
-        epochs = cfg.epochs or type(algorithm).default_epochs
-    total = epochs * steps_per_epoch
-    return epochs, min(total, budget_steps) if budget_steps is not None else total
+    ``max_image_gradients`` without epochs — as many epochs as the budget needs; the budget caps the steps.
+
+    The budget is counted step by step with each step's own cost (:meth:`UAPAlgorithm.step_costs`: a shorter last
+    batch costs less), so the total is the step at which the run's image-gradients first reach the budget — the
+    step the run stops at, never one before it (the old count, ceil(budget / cost of a full batch), announced
+    60 steps for a run that took 63). Where a step's cost depends on δ (UAP) the costs are nominal and the run
+    ends at whichever comes first, the budget spent or the total."""
+    epochs = cfg.epochs or (None if cfg.max_image_gradients is not None else type(algorithm).default_epochs)
+    if cfg.max_image_gradients is None:
+        return epochs, epochs * steps_per_epoch
+    costs = [max(1, int(c)) for c in algorithm.step_costs()] or [1]
+    full_epochs = (cfg.max_image_gradients - 1) // sum(costs)  # epochs that end before the budget is reached
+    left, steps = cfg.max_image_gradients - full_epochs * sum(costs), 0
+    while left > 0:
+        left, steps = left - costs[steps], steps + 1
+    budget_steps = full_epochs * len(costs) + steps
+    if epochs is None:
+        return full_epochs + 1, budget_steps
+    return epochs, min(epochs * steps_per_epoch, budget_steps)

@@ -6,6 +6,8 @@ three columns that Streamlit stacks one above the other on a phone's narrow scre
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 
 import streamlit as st
@@ -34,13 +36,39 @@ def photo_input(key: str) -> tuple[str, bytes] | None:
     return None if upload is None else (upload.name, upload.getvalue())
 
 
-def _top_table(top: TopLabels, key: str, flipped_from: int | None = None) -> None:
-    rows = top.rows()
-    st.dataframe(rows, hide_index=True, key=key, width="stretch",
-                 column_config={"rank": st.column_config.NumberColumn("#", width="small"),
-                                "label": st.column_config.TextColumn("label"),
-                                "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0,
-                                                                               max_value=1.0, format="percent")})
+def figure_html(picture, caption: str, kind: str) -> str:
+    """A picture and its caption as one HTML element: the PNG inline (a data URI), so the browser never shows the
+    caption while the picture is still to be fetched, or lost (a separately served media file can expire between
+    a script run and the browser's request when many visitors share the server). ``kind``: "clean" | "perturbed"
+    (a data attribute the browser tests find it by)."""
+    buffer = io.BytesIO()
+    analysis.to_pil(picture).save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<figure data-uap-photo="{kind}" style="margin:0 0 0.5rem 0">'
+            f'<img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" '
+            f'style="width:100%;height:auto;display:block;border-radius:0.25rem"/>'
+            f'<figcaption style="text-align:center;font-size:0.875rem;opacity:0.65;margin-top:0.25rem">'
+            f'{html.escape(caption)}</figcaption></figure>')
+
+
+def top_table_html(top: TopLabels, kind: str) -> str:
+    """The top-5 as an HTML table: rank, label (wraps) and confidence (a bar and the percentage, never cut: the
+    table takes its column's width and the long labels wrap, whatever the window's width)."""
+    rows = []
+    for row in top.rows():
+        share = max(0.0, min(1.0, float(row["confidence"])))
+        rows.append(
+            f'<tr><td style="padding:2px 6px;opacity:0.6">{row["rank"]}</td>'
+            f'<td style="padding:2px 6px;overflow-wrap:anywhere">{html.escape(str(row["label"]))}</td>'
+            f'<td data-uap-confidence style="padding:2px 6px;white-space:nowrap;text-align:right;width:1%">'
+            f'<span style="display:inline-block;width:3.5rem;height:0.5rem;margin-right:0.4rem;'
+            f'background:linear-gradient(to right,#ff4b4b {share:.1%},rgba(128,128,128,0.2) {share:.1%});'
+            f'border-radius:0.25rem"></span>{share:.1%}</td></tr>')
+    return (f'<table data-uap-top5="{kind}" style="width:100%;table-layout:auto;border-collapse:collapse;'
+            f'font-size:0.875rem;margin:0"><thead><tr><th style="padding:2px 6px">#</th>'
+            f'<th style="padding:2px 6px;text-align:left">label</th>'
+            f'<th style="padding:2px 6px;text-align:right">confidence</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
 
 
 def show_photo_report(report: PhotoReport, key: str) -> None:
@@ -54,15 +82,14 @@ def show_photo_report(report: PhotoReport, key: str) -> None:
                     f"{perturbed_top.confidences[0]:.0%}); try a higher strength.")
     left, middle, right = st.columns(3)
     with left:
-        st.image(analysis.to_pil(report.clean), caption=f"clean: {clean_top.names[0]}", output_format="PNG",
-                 width="stretch")
+        st.markdown(figure_html(report.clean, f"clean: {clean_top.names[0]}", "clean"), unsafe_allow_html=True)
         st.markdown("**Top-5, clean**")
-        _top_table(clean_top, f"{key}_top_clean")
+        st.markdown(top_table_html(clean_top, "clean"), unsafe_allow_html=True)
     with middle:
-        st.image(analysis.to_pil(report.perturbed), caption=f"perturbed: {perturbed_top.names[0]}",
-                 output_format="PNG", width="stretch")
+        st.markdown(figure_html(report.perturbed, f"perturbed: {perturbed_top.names[0]}", "perturbed"),
+                    unsafe_allow_html=True)
         st.markdown("**Top-5, perturbed**")
-        _top_table(perturbed_top, f"{key}_top_perturbed")
+        st.markdown(top_table_html(perturbed_top, "perturbed"), unsafe_allow_html=True)
     with right:
         if float(report.delta.abs().max()) > 0:
             perturbation_image(report.delta)

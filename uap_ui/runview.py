@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from typing import Sequence
@@ -50,9 +51,43 @@ def keep_pace() -> None:
         st.rerun()
 
 
-def series(snapshots: Sequence[JobSnapshot]) -> list[charts.RunSeries]:
-    """Chart series of the runs, coloured by their position (the same colour on every chart)."""
-    return [charts.RunSeries(s.label, s.events, charts.color_for(i), s.active) for i, s in enumerate(snapshots)]
+def seed_group(label: str) -> str | None:
+    """The group of a run started as one of several seeds (its label ends "(…seeds 0,1,2)"): the label without its
+    own "· seed N", shared by its sibling seeds; None for a run on its own."""
+    return re.sub(r" · seed \d+", "", label) if re.search(r"seeds [\d,]+\)$", label) else None
+
+
+def series(snapshots: Sequence[JobSnapshot], groups: dict[int, str] | None = None) -> list[charts.RunSeries]:
+    """Chart series of the runs, coloured by their position (the same colour on every chart; the seeds of one
+    setting share their first run's colour and are drawn as one mean line and band). ``groups``: job id → the
+    group a page started it in (a run reused from an earlier request keeps its own label), else by label."""
+    out, colors = [], {}
+    for i, s in enumerate(snapshots):
+        group = (groups or {}).get(s.id) or seed_group(s.label)
+        color = colors.setdefault(group, charts.color_for(len(colors))) if group else charts.color_for(len(colors))
+        if not group:
+            colors[f"run {i}"] = color
+        out.append(charts.RunSeries(s.label, s.events, color, s.active, group))
+    return out
+
+
+def seed_spreads(snapshots: Sequence[JobSnapshot], groups: dict[int, str] | None = None) -> list[str]:
+    """One markdown line per group of seeds with at least two finished runs: mean ± s.d. of the held-out fooling
+    ratio (uap_core.seeds.spread) over its seeds."""
+    from uap_core.seeds import spread
+
+    finals: dict[str, list[float]] = {}
+    for snap in snapshots:
+        group = (groups or {}).get(snap.id) or seed_group(snap.label)
+        if group and snap.result is not None:
+            finals.setdefault(group, []).append(snap.result.evaluation.fooling_ratio)
+    lines = []
+    for group, values in finals.items():
+        if len(values) > 1:
+            s = spread(values)
+            lines.append(f"**{group}**: held-out fooling ratio **{s['mean']:.1%} ± {s['sd']:.1%}** (mean ± s.d. "
+                         f"over {s['n']} seeds; min {s['min']:.1%}, max {s['max']:.1%})")
+    return lines
 
 
 def status_line(snap: JobSnapshot) -> None:
@@ -88,11 +123,12 @@ def status_line(snap: JobSnapshot) -> None:
 
 
 def metric_charts(snapshots: Sequence[JobSnapshot], key: str, keys: Sequence[str] | None = None,
-                  columns: int = 3, height: int = 280, x_axis: str = "step") -> None:
-    """The live metric charts, one trace per run, against step or image-gradients (``x_axis``)."""
-    runs = series(snapshots)
+                  columns: int = 3, height: int = 280, x_axis: str = "step", groups: dict[int, str] | None = None) -> None:
+    """The live metric charts, one trace per run (one band per group of seeds: ``groups``, see :func:`series`),
+    against step, epochs or image-gradients (``x_axis``)."""
+    runs = series(snapshots, groups)
     specs = [charts.metric_spec(k) for k in keys] if keys else list(charts.METRICS)
-    version = tuple((s.id, s.label, len(s.events), s.active) for s in snapshots)
+    version = tuple((s.id, s.label, len(s.events), s.active, (groups or {}).get(s.id)) for s in snapshots)
     cols = st.columns(columns)
     for i, spec in enumerate(specs):
         with cols[i % columns]:

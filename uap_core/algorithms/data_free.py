@@ -105,6 +105,10 @@ class DataFreeAdamUAP(AdamUAPAlgorithm):
         """Images in one forward/backward batch (δ alone: 1)."""
         return 1
 
+    def step_costs(self) -> list[int]:
+        """``iterations`` steps of :meth:`image_gradients_per_step` each (nominal for a growing curriculum)."""
+        return [self.image_gradients_per_step()] * self.steps_per_epoch()
+
     def epoch_batches(self) -> list[torch.Tensor]:
         """``iterations`` dummy batches: the iteration numbers (1,) int64 — no fit image is indexed."""
         first = self.iteration

@@ -58,9 +58,10 @@ class SGA(UAPAlgorithm):
     Params = SGAParams
     supports_distributed = True
 
-    def image_gradients_per_step(self) -> int:
-        m = min(int(self.params.minibatch_size), self.batch_size())
-        return max(1, self.params.inner_passes * self.batch_size() // m) * m
+    def image_gradients_for_batch(self, size: int) -> int:
+        """K·size/m inner steps of m images (m at most size), as :meth:`step` takes them (one process)."""
+        m = min(int(self.params.minibatch_size), size)
+        return max(1, self.params.inner_passes * size // m) * m
 
     def step(self, indices: torch.Tensor) -> dict[str, float]:
         if self.setup.shard is not None:

@@ -202,6 +202,10 @@ class SVUAP(UAPAlgorithm):
         runs) and the two forwards of ±δ for the sign (≤ one together)."""
         return 3 * self.batch_size()
 
+    def step_costs(self) -> list[int]:
+        """``iterations`` steps on the same batch X."""
+        return [self.image_gradients_per_step()] * self.steps_per_epoch()
+
     def epoch_batches(self) -> list[torch.Tensor]:
         """One batch X of ``num_images`` fit images (the first of a seeded permutation), once per power
         iteration: the Jacobian is fixed within an epoch."""
