@@ -55,11 +55,19 @@ each cost at most one image-gradient per image since only the network up to ℓ 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+# Forward-mode AD (torch.func.jvp, below) TorchScript-compiles its decompositions on first use, parsing Python source
+# with ast. On CPython 3.11 two threads parsing at once can fail ("AST constructor recursion depth mismatch",
+# gh-106905) — as a run's worker thread did while Streamlit parsed a page in another. So they load here, at import.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated": torch's own use, not ours
+    import torch._decomp.decompositions_for_jvp  # noqa: F401,E402
 
 from .. import metrics
 from ..errors import ParameterError
