@@ -238,9 +238,10 @@ def test_two_sessions_run_at_once(browser, server):
 
 
 # ---------------------------------------------------------------------------------------------- the race
-def test_race_preset_live_on_the_image_gradient_axis(browser, server):
-    """Generate → Race methods (the classroom preset, SGA vs SGD-UAP): both runs start, their held-out fooling
-    ratios are drawn against image-gradients spent, the race's caption says what it shows; then Stop."""
+def test_race_preset_live_on_the_epoch_axis(browser, server):
+    """Generate → Race methods (the classroom preset, SGA vs SGD-UAP, in its default protocol: the SGA paper's equal
+    epochs): both runs start, their held-out fooling ratios are drawn against epochs, the caption names the
+    protocol; then Stop."""
     from playwright.sync_api import expect
 
     context = browser.new_context()
@@ -252,7 +253,8 @@ def test_race_preset_live_on_the_image_gradient_axis(browser, server):
         page.get_by_role("button", name="Race SGA vs SGD-UAP", exact=True).click()
         expect(status(page)).to_have_count(2, timeout=30_000)
         expect(page.get_by_text(re.compile(r"held-out fooling ratio \d+%"))).to_have_count(2, timeout=120_000)
-        expect(page.locator(".js-plotly-plot .xtitle", has_text="image-gradients").first).to_be_visible()
+        expect(page.locator(".js-plotly-plot .xtitle", has_text="epochs").first).to_be_visible()
+        expect(page.get_by_text("Compared at equal epochs, the SGA paper's protocol", exact=False)).to_be_visible()
         page.wait_for_timeout(500)
         shot(page, "09-generate-race-running")
         page.locator("button", has_text="Stop").first.click()

@@ -381,13 +381,14 @@ class UAPAlgorithm:
     # ------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything this method needs to continue exactly where it stands, as torch's optimisers describe
-        theirs: δ (3, H, W), the sign steps, the last gradient and the momentum buffer (or None), the chunk size.
+        theirs: δ (3, H, W), the sign steps, the last gradient, the momentum buffer and the sum of the update
+        directions (update_mean_cosine's; each None before the first step), the chunk size.
         Tensors are copies (detached; on the method's device), the rest plain numbers and text. A method with more
         state (an optimiser, a generator network, counters) adds its own to ``super().state_dict()``. The run's
         seeded generator and the loop's position are the run's to save (:mod:`uap_core.checkpoint`)."""
         return {"delta": copied(self.delta), "sign_ops": self.sign_ops,
                 "previous_gradient": copied(self.previous_gradient), "momentum_buffer": copied(self.momentum_buffer),
-                "chunk_size": self.chunk_size, "device_type": self.device.type}
+                "update_sum": copied(self.update_sum), "chunk_size": self.chunk_size, "device_type": self.device.type}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of the same method with the same settings (on any device: tensors are
@@ -396,6 +397,7 @@ class UAPAlgorithm:
         self.sign_ops = int(state["sign_ops"])
         self.previous_gradient = moved(state["previous_gradient"], self.device)
         self.momentum_buffer = moved(state["momentum_buffer"], self.device)
+        self.update_sum = moved(state["update_sum"], self.device)
         if state["device_type"] == self.device.type:
             self.chunk_size = state["chunk_size"]
 

@@ -82,6 +82,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -169,12 +170,20 @@ class DMUAP(AdamUAPAlgorithm):
         image = int(self.params.image_steps) if self.params.image_radius > 0 else 0
         return weight + image + 1
 
-    def image_gradients_per_step(self) -> int:
-        return self.batch_size() * self.passes_per_image()
+    def image_gradients_for_batch(self, size: int) -> int:
+        return size * self.passes_per_image()
 
     def end_epoch(self) -> bool:
         self.epoch += 1
         return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """AdamW's state and the base's (:class:`~.adam.AdamUAPAlgorithm`), plus the epoch the curriculum is at."""
+        return {**super().state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.epoch = int(state["epoch"])
 
     # ------------------------------------------------------------------------------------------ the step
     def step(self, indices: torch.Tensor) -> dict[str, float]:
