@@ -254,7 +254,7 @@ def test_race_preset_live_on_the_epoch_axis(browser, server):
         expect(status(page)).to_have_count(2, timeout=30_000)
         expect(page.get_by_text(re.compile(r"held-out fooling ratio \d+%"))).to_have_count(2, timeout=120_000)
         expect(page.locator(".js-plotly-plot .xtitle", has_text="epochs").first).to_be_visible()
-        expect(page.get_by_text("Compared at equal epochs, the SGA paper's protocol", exact=False)).to_be_visible()
+        expect(page.get_by_text("Compared at equal epochs, the SGA paper's protocol", exact=False).first).to_be_visible()
         page.wait_for_timeout(500)
         shot(page, "09-generate-race-running")
         page.locator("button", has_text="Stop").first.click()
