@@ -41,7 +41,7 @@ def test_demo_fools_held_out_photos_and_real_imagenet_far_beyond_random_noise(li
 @pytest.mark.slow
 def test_race_preset_shows_sga_and_sgd_uap_apart_at_equal_cost(lite0):
     """The classroom race (uap_core.presets.race_config) of SGA against SGD-UAP, 600 image-gradients each on the
-    embedded photos. Measured (`python -m pytest tests/test_demo.py -k race -s`): SGD-UAP 0.56 and SGA 0.44
+    embedded photos. Measured (`python -m pytest -n 0 tests/test_demo.py -k race -s`): SGD-UAP 0.56 and SGA 0.44
     held-out fooling ratio (48 held-out crops) against 0.125 for random noise; SGD-UAP makes 63 sign steps, SGA 32 (each of SGA's steps aggregates 4 inner
     gradients of 5 crops). The adjacent-step gradient cosine is near zero for both at this scale (SGA 0.002,
     SGD-UAP −0.005 on average): the stability the SGA paper shows needs its batches of 250 images, so it is not
