@@ -201,14 +201,19 @@ def test_the_studies_page_downloads_what_it_needs_then_runs(hosts, fresh_home, m
     # the archive converted and removed, the weights kept; no part file, nothing half-written
     assert _cache_files(fresh_home) == sorted([CIFAR10_RESNET20.name, datasets.find_cifar10_test(pin).name])
 
-    deadline = time.monotonic() + 120
+    _wait_for_the_figure(at)
+    assert not at.error, [e.value for e in at.error]
+    assert "cached" in _needs_text(at) and "ready" in _needs_text(at), "now nothing to download"
+
+
+def _wait_for_the_figure(at, seconds: float = 120) -> None:
+    """Rerun the page until the study's figure is drawn and no progress bar is left (no exception on the way)."""
+    deadline = time.monotonic() + seconds
     while not at.get("plotly_chart") or at.get("progress"):
         assert time.monotonic() < deadline, [p.proto.text for p in at.get("progress")]
         time.sleep(0.3)
         at.run()
         assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-    assert "cached" in _needs_text(at) and "ready" in _needs_text(at), "now nothing to download"
 
 
 def test_a_corrupt_archive_or_no_server_is_one_line_and_the_form_is_kept(hosts, fresh_home, monkeypatch):
@@ -288,11 +293,6 @@ def test_the_lite0_setup_runs_offline_on_the_embedded_samples(fresh_home, tmp_pa
     at.number_input(key=lite + "min_steps").set_value(1)
     _run(at)
     assert not at.exception and not at.error, [e.value for e in at.error]
-    deadline = time.monotonic() + 120
-    while not at.get("plotly_chart") or at.get("progress"):
-        assert time.monotonic() < deadline, [p.proto.text for p in at.get("progress")]
-        time.sleep(0.3)
-        at.run()
-        assert not at.exception, at.exception
+    _wait_for_the_figure(at)
     assert not at.error, [e.value for e in at.error]
     assert not list(fresh_home.parent.rglob("*.part")) and not fresh_home.exists(), "nothing fetched"
