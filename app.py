@@ -116,3 +116,5 @@ if demo is not None and not demo.active:
                    "(strength slider, label flips), **Transfer** (black-box table), **Library**.")
     elif snap.error:
         st.error(snap.error)
+
+runview.warm(config, SAMPLES_CHOICE)  # last, once per server: the demo's clean passes, so a click shows a point soon

@@ -10,6 +10,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see uap_cor
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The Home page warms its demo in a background thread once per process (uap_ui.runview.warm): off in tests, so
+# that no test's memo counts or CPU time depend on which page an earlier test of the same worker opened. The test
+# of the warming turns it on (tests/test_ui_apptest.py).
+os.environ.setdefault("UAP_WARM_DEMO", "0")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("UAP_SHARED_DIR") or REPO.parent / "shared")
 

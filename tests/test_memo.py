@@ -63,3 +63,60 @@ def test_values_handed_out_are_copies(cifar_npz):
     first.zero_()
     second = memo.remember("logits", model, [pixels], None, compute)
     assert memo.hits == 1 and torch.allclose(second, compute()) and second.abs().sum() > 0
+
+
+def test_a_value_asked_for_by_several_threads_at_once_is_computed_once():
+    """Single flight: while one thread computes, the others wait for its value; a failure lets the next compute."""
+    import threading
+    import time
+
+    model = torch.nn.Linear(2, 2)
+    pixels = torch.zeros(4, 2)
+    calls = []
+
+    def compute():
+        calls.append(threading.get_ident())
+        time.sleep(0.3)
+        return torch.ones(3)
+
+    memo.clear()
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(memo.remember("x", model, [pixels], None, compute)))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and (memo.misses, memo.hits) == (1, 3)
+    assert all(torch.equal(a, torch.ones(3)) for a in answers)
+
+    def fails():
+        time.sleep(0.2)
+        raise RuntimeError("out of memory")
+
+    errors, values = [], []
+
+    def first():
+        try:
+            memo.remember("y", model, [pixels], None, fails)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    failing = threading.Thread(target=first)
+    failing.start()
+    time.sleep(0.05)
+    values.append(memo.remember("y", model, [pixels], None, lambda: torch.full((2,), 7.0)))  # waits, then computes
+    failing.join()
+    assert errors == ["out of memory"] and torch.equal(values[0], torch.full((2,), 7.0))
+
+
+def test_warming_a_run_makes_its_clean_passes_so_the_run_itself_computes_none(cifar_npz):
+    model = load_model("cifar_resnet20", "cpu")
+    memo.clear()
+    Run(_config(cifar_npz), model=model).warm()
+    assert (memo.hits, memo.misses) == (0, 3)
+    warmed = Run(_config(cifar_npz), model=model).run_to_end()
+    assert (memo.hits, memo.misses) == (3, 3)
+    memo.clear()
+    cold = Run(_config(cifar_npz), model=model).run_to_end()
+    assert torch.equal(warmed.delta, cold.delta) and warmed.summary()["fooling_ratio"] == cold.summary()["fooling_ratio"]

@@ -7,6 +7,7 @@ deadline (:func:`ui_helpers.wait_for_runs`). Tiny runs use a 64-px input and one
 from __future__ import annotations
 
 import io
+import threading
 import time
 
 import numpy as np
@@ -48,9 +49,23 @@ def named_traces(spec: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- Home
-def test_home_defaults_demo_starts_and_stop_keeps_delta(library_dir):
+def test_home_defaults_demo_starts_and_stop_keeps_delta(library_dir, monkeypatch):
+    """Also: opening Home warms the demo (its clean passes and random-noise baseline, in a background thread), and
+    the demo's run then takes those three values from the memo instead of computing them."""
+    from uap_core import memo
+    from uap_ui import runview
+
+    monkeypatch.setenv(runview.WARM_SWITCH, "1")
+    runview._warmed.clear()
+    memo.clear()
     at = page("home").run()
     assert not at.exception
+    warming = [t for t in threading.enumerate() if t.name == "uap-warm"]
+    assert len(warming) == 1, "Home started warming its demo"
+    warming[0].join(120)
+    assert memo.misses == 3 and memo.hits == 0, "fit logits, held-out clean top-1, random-noise evaluation"
+    at.run()
+    assert not [t for t in threading.enumerate() if t.name == "uap-warm"], "warmed once per process, not per run"
     start = at.button(key="demo_start")
     assert start.label == "Run the demo" and not start.disabled
     assert at.button(key="demo_stop").disabled
@@ -64,6 +79,7 @@ def test_home_defaults_demo_starts_and_stop_keeps_delta(library_dir):
         assert time.monotonic() < deadline, status_lines(at)
         time.sleep(0.5)
         at.run()
+    assert memo.misses == 3 and memo.hits >= 3, "the demo's preparation came from the warm memo"
     assert not at.button(key="demo_stop").disabled
     at.button(key="demo_stop").click().run()
     lines = wait_for_runs(at, timeout=60)

@@ -13,6 +13,10 @@ memo keeps their results for a few small sets, keyed by
 
 Only CPU tensors up to :data:`MAX_BYTES` in all are memoised (hashing a GPU tensor would cost a copy, and a GPU
 recomputes faster than that); values are returned as clones, so a caller may modify them.
+
+A computation is made once even when several threads ask for it at the same moment: the first computes, the
+others wait for its value (a server warming the demo's clean passes while a visitor clicks "Run the demo", twenty
+visitors starting the same study). If the first one fails, the next waiting caller computes in its turn.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ MAX_BYTES = 256 * 3 * 224 * 224 * 4  # the inputs of one memoised call: 256 Imag
 
 _lock = threading.Lock()
 _entries: OrderedDict[Hashable, tuple[weakref.ref, Any]] = OrderedDict()
+_in_flight: dict[Hashable, threading.Event] = {}  # key → set when the thread computing it is done (or failed)
 hits = 0  # counters for tests and benchmarks
 misses = 0
 
@@ -76,18 +81,29 @@ def remember(what: str, model: torch.nn.Module, tensors: Sequence[torch.Tensor |
         return compute()
     key = (what, id(model), _parameter_versions(model), tuple(fingerprint(t) if t is not None else None
                                                               for t in tensors), extra)
-    with _lock:
-        entry = _entries.get(key)
-        if entry is not None and entry[0]() is model:  # the same object, not a new one at a reused address
-            _entries.move_to_end(key)
-            hits += 1
-            return _copy(entry[1])
-    value = compute()
-    with _lock:
-        misses += 1
-        _entries[key] = (weakref.ref(model), _copy(value))
-        while len(_entries) > MAX_ENTRIES:
-            _entries.popitem(last=False)
+    while True:
+        with _lock:
+            entry = _entries.get(key)
+            if entry is not None and entry[0]() is model:  # the same object, not a new one at a reused address
+                _entries.move_to_end(key)
+                hits += 1
+                return _copy(entry[1])
+            running = _in_flight.get(key)
+            if running is None:  # this thread computes it
+                running = _in_flight[key] = threading.Event()
+                break
+        running.wait()  # another thread is computing the same value: take it when done (or compute if it failed)
+    try:
+        value = compute()
+        with _lock:
+            misses += 1
+            _entries[key] = (weakref.ref(model), _copy(value))
+            while len(_entries) > MAX_ENTRIES:
+                _entries.popitem(last=False)
+    finally:
+        with _lock:
+            del _in_flight[key]
+        running.set()
     return value
 
 

@@ -148,15 +148,22 @@ class Run:
         assert self.result is not None
         return self.result
 
+    def warm(self) -> None:
+        """Make, through the memo (:mod:`uap_core.memo`), the forward passes this run makes before its first step
+        that do not depend on δ — the clean predictions of the fit and held-out images and the random-noise
+        evaluation — without stepping. Run with the same model object and images later (a server warming its demo
+        when the page opens), the run goes straight to its first step; started while the warming is still going,
+        it waits for those values instead of computing them twice. Does nothing useful for inputs the memo does
+        not keep (on a GPU, streamed, too large)."""
+        _random_noise_evaluation(prepare(self.config, self._model, self._images))
+
     # ------------------------------------------------------------------------------------------ the loop
     def events(self) -> Iterator[RunEvent]:
         """Run, yielding events; sets :attr:`result` before the final "done" event."""
         cfg = self.config
         self._started = time.perf_counter()
         p = self.prepared = prepare(cfg, self._model, self._images)
-        random_eval = p.remember("random-noise evaluation", p.model, [p.holdout_pixels, p.random_delta,
-                                                                      p.holdout_set.labels],
-                                 lambda: p.evaluate_holdout(p.random_delta))
+        random_eval = _random_noise_evaluation(p)
         info = self._info(random_eval)
         history: list[dict[str, Any]] = []
 
@@ -349,3 +356,9 @@ class Run:
                 algorithm.chunk_size = max(1, current // 2)
                 if self.prepared.device.type == "cuda":
                     torch.cuda.empty_cache()
+
+
+def _random_noise_evaluation(p: Prepared) -> Evaluation:
+    """The random ±eps noise baseline on the held-out images (memoised: the same model, images and noise)."""
+    return p.remember("random-noise evaluation", p.model, [p.holdout_pixels, p.random_delta, p.holdout_set.labels],
+                      lambda: p.evaluate_holdout(p.random_delta))

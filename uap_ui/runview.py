@@ -309,6 +309,49 @@ def start_run(config, choice: "widgets.ImageChoice", kind: str = "generate", lab
     return job
 
 
+_warmed: set[str] = set()  # run keys warmed in this server process
+_warm_lock = threading.Lock()
+WARM_SWITCH = "UAP_WARM_DEMO"  # "0": never warm (a benchmark's cold baseline; a server that must stay idle)
+
+
+def warm(config, choice: "widgets.ImageChoice") -> None:
+    """Once per server process and run, in a background thread: the forward passes ``config``'s run makes before
+    its first step that do not depend on δ (:meth:`uap_core.run.Run.warm`: clean predictions, the random-noise
+    baseline), with the page's own cached model and images. Home warms its demo when the page opens, so "Run the
+    demo" shows its first held-out point after one step instead of after the whole preparation
+    (``python -m bench.cold_demo`` measures both). The model and images load in this script run (cached, with
+    their spinners); the passes run in the thread. Failures are left to the run itself to report."""
+    import os
+
+    from uap_core.run import Run
+
+    if os.environ.get(WARM_SWITCH, "1").strip() == "0":
+        return
+    try:
+        key = run_key(Run(config).config, choice)
+    except UAPError:
+        return
+    with _warm_lock:
+        if key in _warmed:
+            return
+        _warmed.add(key)
+    try:
+        run = Run(config, model=cache.model(config.model, config.device),
+                  images=widgets.load_image_choice(choice, config.model, config.input_size))
+    except UAPError:
+        return
+    threading.Thread(target=_warm_quietly, args=(run,), name="uap-warm", daemon=True).start()
+
+
+def _warm_quietly(run) -> None:
+    try:
+        run.warm()
+    except Exception:  # noqa: BLE001 - a warm-up is optional; the run started later reports its own error
+        import logging
+
+        logging.getLogger(__name__).warning("warming %s failed", run.config.model, exc_info=True)
+
+
 _NOTICES = "_uap_run_notices"
 
 
