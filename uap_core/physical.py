@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from .artifacts import resample_delta
 from .evaluation import predict_logits
 from .models import Classifier
-from .report import TopLabels, _top_labels, photo_report
+from .report import TopLabels, _top_labels, perturbed_pixels
 
 CM_PER_INCH = 2.54
 MAX_PRINT_SIDE = 8000  # pixels: a print PNG never gets larger than this on its longer side
@@ -128,15 +129,18 @@ class PhysicalReport:
 def physical_report(model: Classifier, picture: torch.Tensor, delta: torch.Tensor, photo: torch.Tensor,
                     scale: float = 1.0, k: int = 5) -> PhysicalReport:
     """The top-``k`` labels of the clean picture, of the picture with ``scale``·δ added, and of a photo of the
-    latter (classified as it is).
+    latter (classified as it is), the three in one batch.
 
     picture / photo: (3, H, W) uint8 at the model's input size (:func:`uap_core.images.decode_image`).
     delta: (3, h, w) pixel units; resampled to H×W when it differs.
     """
-    if photo.dim() != 3 or photo.dtype != torch.uint8 or photo.shape != picture.shape:
+    if picture.dim() != 3 or picture.dtype != torch.uint8:
+        raise ValueError(f"expected a (3, H, W) uint8 picture, got {tuple(picture.shape)} {picture.dtype}")
+    if photo.dtype != torch.uint8 or photo.shape != picture.shape:
         raise ValueError(f"expected a {tuple(picture.shape)} uint8 photo, got {tuple(photo.shape)} {photo.dtype}")
-    digital = photo_report(model, picture, delta, scale=scale, k=k)
-    logits = predict_logits(model, photo.cpu()[None], None, "fp32").cpu()
-    photo_top = _top_labels(logits[0], model.spec.class_names, k)
-    return PhysicalReport(digital.clean, digital.perturbed, photo.cpu(), digital.clean_top, digital.perturbed_top,
-                          photo_top)
+    size = tuple(picture.shape[1:])
+    clean = picture.cpu()
+    perturbed = perturbed_pixels(clean[None], resample_delta(delta.detach().float().cpu(), size) * float(scale))[0]
+    logits = predict_logits(model, torch.stack([clean, perturbed, photo.cpu()]), None, "fp32").cpu()  # one batch
+    names = model.spec.class_names
+    return PhysicalReport(clean, perturbed, photo.cpu(), *(_top_labels(row, names, k) for row in logits))
