@@ -80,11 +80,10 @@ def test_camera_photo_of_the_perturbed_image_is_classified_against_the_clean_one
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _unavailable("playwright (Python) is not installed")
-    from uap_core.evaluation import predict_logits
     from uap_core.images import load_samples
     from uap_core.library import UAPLibrary
     from uap_core.models import load_model
-    from uap_core.physical import upscale_nearest
+    from uap_core.physical import physical_report, upscale_nearest
     from uap_core.report import photo_report
 
     library = tmp_path / "library"
@@ -140,22 +139,23 @@ def test_camera_photo_of_the_perturbed_image_is_classified_against_the_clean_one
             cosine = float(moved @ wanted / moved.norm() / wanted.norm())
             assert cosine > 0.5, f"the photo should carry δ's pattern (measured 0.79), got {cosine:.2f}"
 
-            # its top-5 is the model's on that photo as it is (δ not added again), beside the clean and digital ones
-            logits = predict_logits(model, photo[None], None, "fp32")[0].softmax(-1)
-            values, indices = logits.topk(5)
-            expected = {
-                "clean": (digital.clean_top.names, digital.clean_top.confidences),
-                "perturbed": (digital.perturbed_top.names, digital.perturbed_top.confidences),
-                "photo": ([model.spec.class_names[i] for i in indices.tolist()], values.tolist())}
-            for kind, (names, confidences) in expected.items():
-                labels, shown_confidences = top5_texts(section, kind)
-                assert labels == list(names), (kind, labels, names)
-                assert shown_confidences == [f"{c:.1%}" for c in confidences], (kind, shown_confidences)
-            photo_top, clean_top = expected["photo"][0][0], digital.clean_top.names[0]
+            # its top-5 is the model's on that photo as it is (δ not added again: the core's physical_report, whose
+            # photo_top tests/test_physical.py checks against the model on the photo alone), beside the clean and
+            # digital ones
+            report = physical_report(model, samples.pixels[index], delta, photo)
+            assert report.clean_top.labels == digital.clean_top.labels
+            assert report.perturbed_top.labels == digital.perturbed_top.labels
+            expected = {"clean": report.clean_top, "perturbed": report.perturbed_top, "photo": report.photo_top}
+            for kind, top in expected.items():
+                labels, confidences = top5_texts(section, kind)
+                assert labels == top.names, (kind, labels, top.names)
+                assert confidences == [f"{c:.1%}" for c in top.confidences], (kind, confidences)
+            photo_top, clean_top = report.photo_top.names[0], report.clean_top.names[0]
             line = section.locator("[data-testid='stMarkdownContainer']").filter(
                 has_text=re.compile("The photo (fools|does not fool) the model"))
             expect(line).to_have_count(1)
-            fooled = "The photo fools the model" if photo_top != clean_top else "The photo does not fool the model"
+            assert report.photo_fooled == (photo_top != clean_top)
+            fooled = "The photo fools the model" if report.photo_fooled else "The photo does not fool the model"
             expect(line).to_contain_text(fooled)
             expect(line).to_contain_text(f"the photo is {photo_top}")
             expect(line).to_contain_text(clean_top)
