@@ -152,6 +152,10 @@ def test_inspect_physical_check_wording(cifar_setup, tmp_path, monkeypatch):
     assert verdict.startswith(":green[**The photo does not fool the model:**]")
     assert f"the photo is **{digital.clean_top.names[0]}**" in verdict and "δ did not survive" in verdict
 
+    next(u for u in at.file_uploader if u.key == "insp_phys_photo_upload").set_value(
+        ("junk.png", b"not an image", "image/png")).run()
+    assert not at.exception and any("This photo cannot be used" in e.value for e in at.error)
+
     at.radio(key="insp_phys_photo_source").set_value("camera").run()
     assert not at.exception, at.exception
     assert len(at.get("camera_input")) == 1, "the camera only once chosen"
