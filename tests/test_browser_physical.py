@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ui_helpers import ROOT, save_test_uap, streamlit_server
 
@@ -57,8 +58,6 @@ def write_y4m(path: Path, picture: torch.Tensor, frames: int = 2) -> None:
 
 def data_uri_picture(src: str) -> torch.Tensor:
     """A ``data:image/png;base64,…`` URI as a (3, H, W) uint8 tensor."""
-    from PIL import Image
-
     data = base64.b64decode(src.split(",", 1)[1])
     return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1).contiguous()
 
@@ -103,7 +102,8 @@ def test_camera_photo_of_the_perturbed_image_is_classified_against_the_clean_one
                           f"--use-file-for-fake-video-capture={camera_file}"]
     with streamlit_server(tmp_path, env) as (url, _), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        page = browser.new_context(viewport={"width": 1300, "height": 1000}, permissions=["camera"]).new_page()
+        page = browser.new_context(viewport={"width": 1300, "height": 1000}, permissions=["camera"],
+                                   accept_downloads=True).new_page()
         try:
             page.goto(f"{url}/Inspect")
             idle = page.locator("[data-testid='stApp'][data-test-script-state='notRunning']")
@@ -118,6 +118,15 @@ def test_camera_photo_of_the_perturbed_image_is_classified_against_the_clean_one
             expect(section.get_by_text(f"clean {digital.clean_top.names[0]}")).to_contain_text(
                 f"perturbed {digital.perturbed_top.names[0]}", timeout=30_000)
             expect(section.get_by_text("The photo is a new image.")).to_be_visible()
+
+            # the print-size PNG: 15 cm at 300 DPI by default, each pixel of the perturbed image a 55×55 square
+            with page.expect_download() as download:
+                section.get_by_role("button", name="Print-size PNG").click()
+            printed = Image.open(download.value.path())
+            assert printed.size == (1760, 1760) and printed.info["dpi"] == pytest.approx((300, 300), abs=0.05)
+            assert torch.equal(torch.from_numpy(np.array(printed.convert("RGB"))).permute(2, 0, 1),
+                               upscale_nearest(digital.perturbed, 55))
+            expect(section.get_by_text("1760 × 1760 px")).to_contain_text("14.9 × 14.9 cm (5.87 × 5.87 in) at 300 DPI")
 
             section.locator("[data-testid='stRadio']").filter(has_text="Photo from").get_by_text("the camera").click()
             take = section.get_by_role("button", name="Take Photo")
