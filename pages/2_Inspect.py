@@ -14,7 +14,7 @@ from uap_core.errors import UAPError
 from uap_core.models import model_names
 from uap_core.report import PerturbationReport
 from uap_core.transfer import evaluate_uap
-from uap_ui import analysis, cache, photo, runview, spaces, widgets
+from uap_ui import analysis, cache, photo, physical, runview, spaces, widgets
 from uap_ui.page import setup_page
 
 setup_page("Inspect")
@@ -104,6 +104,10 @@ if model is None:
 with st.container(border=True):
     st.subheader("Your own photo")
     photo.photo_section("insp_photo", model, artifact.delta, float(strength))
+
+with st.container(border=True, key="insp_physical"):
+    st.subheader("Print or show it, then photograph it")
+    physical.physical_section("insp_phys", model, artifact.delta, float(strength))
 
 st.subheader("A set of images")
 try:

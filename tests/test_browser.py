@@ -170,7 +170,8 @@ def test_page_opens(browser, server, path, heading):
         expect(page.locator("[data-testid='stSidebar']").get_by_text("app", exact=True)).to_have_count(0)
         if path == "Inspect":  # the saved UAP: grid of clean / perturbed pairs and the histogram
             expect(page.get_by_text("Clean vs perturbed", exact=True)).to_be_visible(timeout=60_000)
-            expect(page.locator("[data-testid='stImage']")).to_have_count(17, timeout=60_000)
+            # δ, 8 clean / perturbed pairs, and the physical check's perturbed image
+            expect(page.locator("[data-testid='stImage']")).to_have_count(18, timeout=60_000)
             expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
         if path == "Transfer":
             page.locator("button", has_text="Compute the table").click()

@@ -308,12 +308,12 @@ def test_inspect_saved_uap_grid_histogram_and_strength(library_dir):
     assert [s for s in at.selectbox if s.key.startswith("insp_model_")][0].value == "efficientnet_lite0"
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Fooled images"].endswith("/ 25")
-    assert len(at.get("image")) == 1 + 2 * 8, "δ and 8 clean / perturbed pairs"
+    assert len(at.get("image")) == 1 + 2 * 8 + 1, "δ, 8 clean / perturbed pairs, the physical check's image"
     histogram = figure_titled(at, "Top-1 labels under the perturbation")
     assert histogram["data"][0]["type"] == "bar" and sum(histogram["data"][0]["x"]) == 25, "top labels + the rest"
     assert "of 25 images" in histogram["layout"]["title"]["text"]
     assert len(at.get("arrow_data_frame")) == 2 or len(at.dataframe) == 2
-    assert len(at.get("download_button")) == 3
+    assert len(at.get("download_button")) == 3 + 1, "3 for the set of images, the physical check's print PNG"
 
     at.slider(key="insp_strength").set_value(0.0).run()
     assert not at.exception

@@ -24,8 +24,9 @@ PAGES = {"home": ROOT / "app.py", "generate": ROOT / "pages" / "1_Generate.py",
 
 
 def save_test_uap(library_dir: Path, name: str = "test-uap", size: int = 224, eps: float = 10 / 255,
-                  seed: int = 0) -> Path:
-    """A random ±eps sign pattern saved in a library folder, with metadata and a short metric history."""
+                  seed: int = 0, model: str = "efficientnet_lite0") -> Path:
+    """A random ±eps sign pattern saved in a library folder, with metadata (made for ``model``) and a short metric
+    history."""
     from uap_core.library import UAPLibrary
 
     generator = torch.Generator().manual_seed(seed)
@@ -37,7 +38,7 @@ def save_test_uap(library_dir: Path, name: str = "test-uap", size: int = 224, ep
                         "sign_ops": step})
         history.append({"kind": "eval", "step": step, "epoch": 1, "elapsed": step * 0.1,
                         "fooling_ratio": 0.1 * step})
-    metadata = {"model": "efficientnet_lite0", "algorithm": "sga", "eps": eps, "norm": "linf", "seed": seed,
+    metadata = {"model": model, "algorithm": "sga", "eps": eps, "norm": "linf", "seed": seed,
                 "summary": {"fooling_ratio": 0.5, "random_fooling_ratio": 0.1}, "history": history}
     entry = UAPLibrary(library_dir).save(name, delta, metadata, overwrite=True)
     return entry.path
