@@ -2,12 +2,18 @@
 
 Streamlit's server owns the main thread and its signal handlers (``streamlit.web.bootstrap`` installs one for
 SIGTERM, SIGINT and SIGQUIT that stops the server; the pages run in script threads, where ``signal.signal`` is not
-allowed). Its handler ends the event loop and the process exits normally, which runs the :mod:`atexit` hooks while
-the job threads (daemon threads) still run — so the hook needs neither the main thread nor Streamlit's internals, and
-works for ``streamlit run app.py`` and ``uap app`` alike. :func:`checkpoint_running` then asks every run with a
-checkpoint policy to end after its current step (:meth:`uap_ui.jobs.Job.interrupt`: the run writes its checkpoint,
-the job is not kept as finished) and waits for them, at most ``UAP_SHUTDOWN_SECONDS`` (default 30). A process
-killed outright (SIGKILL, power loss) runs no hook: its runs resume from their last periodic checkpoint.
+allowed), so this module touches no signal handler. Two hooks, both installed from any thread, work for
+``streamlit run app.py`` and ``uap app`` alike:
+
+- a watcher thread sees Streamlit's runtime enter its STOPPING state (``Runtime.instance().state``, what its
+  signal handler sets first) within :data:`WATCH_SECONDS` and at once asks every run with a checkpoint policy to end
+  after its current step (:meth:`uap_ui.jobs.Job.interrupt`: the run writes its checkpoint, the job is not kept as
+  finished) — while the server is still closing its connections;
+- the handler's stop ends the event loop and the process exits normally, which runs the :mod:`atexit` hook while
+  the job threads (daemon threads) still run: it interrupts any run not yet interrupted and waits for them all, at
+  most ``UAP_SHUTDOWN_SECONDS`` (default 30) in all.
+
+A process killed outright (SIGKILL, power loss) runs neither: its runs resume from their last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -23,17 +29,43 @@ from . import jobs
 log = logging.getLogger(__name__)
 
 DEFAULT_SHUTDOWN_SECONDS = 30.0
+WATCH_SECONDS = 0.25  # how often the watcher looks at the runtime's state
 _installed = False
 _install_lock = threading.Lock()
 
 
 def install() -> None:
-    """Register the exit hook (once per process; from any thread)."""
+    """Register the exit hook and start the watcher (once per process; from any thread)."""
     global _installed
     with _install_lock:
-        if not _installed:
-            atexit.register(checkpoint_running)
-            _installed = True
+        if _installed:
+            return
+        _installed = True
+    atexit.register(checkpoint_running)
+    threading.Thread(target=_watch_runtime, name="uap-shutdown-watch", daemon=True).start()
+
+
+def _runtime_stopping() -> bool | None:
+    """True once Streamlit's runtime is stopping; None where there is none (AppTest, bare mode)."""
+    try:
+        from streamlit.runtime import Runtime, RuntimeState
+
+        if not Runtime.exists():
+            return None
+        return Runtime.instance().state in (RuntimeState.STOPPING, RuntimeState.STOPPED)
+    except Exception:  # noqa: BLE001 - another Streamlit: the exit hook alone does the work
+        return None
+
+
+def _watch_runtime() -> None:
+    while True:
+        stopping = _runtime_stopping()
+        if stopping is None:
+            return
+        if stopping:
+            interrupt_running()
+            return
+        time.sleep(WATCH_SECONDS)
 
 
 def _wait_seconds() -> float:
@@ -43,24 +75,36 @@ def _wait_seconds() -> float:
         return DEFAULT_SHUTDOWN_SECONDS
 
 
-def checkpoint_running(timeout: float | None = None) -> int:
-    """End every active run that writes checkpoints after its current step, each writing its checkpoint, and wait
-    for them (at most ``timeout`` seconds in all; default ``UAP_SHUTDOWN_SECONDS``). Returns how many were asked."""
-    seen: set[int] = set()
-    running: list[jobs.Job] = []
+def checkpointing_jobs() -> list[jobs.Job]:
+    """The active jobs whose run writes checkpoints (each once, whichever workspaces show it)."""
+    found: dict[int, jobs.Job] = {}
     for workspace in jobs.all_workspaces():
         for job in workspace.jobs():
             run = job.run
-            if job.id not in seen and job.active and run is not None and run.checkpoints is not None:
-                seen.add(job.id)
-                running.append(job)
-    if not running:
-        return 0
-    log.warning("shutting down: writing the checkpoints of %d run(s)", len(running))
+            if job.active and run is not None and run.checkpoints is not None:
+                found.setdefault(job.id, job)
+    return list(found.values())
+
+
+def interrupt_running() -> list[jobs.Job]:
+    """Ask every active run that writes checkpoints to end after its current step, writing its checkpoint; the
+    jobs asked (without waiting for them)."""
+    running = [job for job in checkpointing_jobs() if not job.interrupted]
+    if running:
+        log.warning("shutting down: writing the checkpoints of %d run(s)", len(running))
     for job in running:
         job.interrupt()
+    return running
+
+
+def checkpoint_running(timeout: float | None = None) -> int:
+    """Interrupt the runs that write checkpoints (:func:`interrupt_running`) and wait for them to end, at most
+    ``timeout`` seconds in all (default ``UAP_SHUTDOWN_SECONDS``). Returns how many were waited for."""
+    interrupt_running()
+    waiting = [job for workspace in jobs.all_workspaces() for job in workspace.jobs() if job.interrupted]
+    waiting = list({job.id: job for job in waiting}.values())
     deadline = time.monotonic() + (_wait_seconds() if timeout is None else timeout)
-    for job in running:
+    for job in waiting:
         if not job.join(max(0.0, deadline - time.monotonic())):
             log.warning("run %s did not reach its checkpoint in time; its last periodic checkpoint stays", job.label)
-    return len(running)
+    return len(waiting)
