@@ -171,6 +171,8 @@ def delta_and_histogram(snap: JobSnapshot, key: str) -> None:
                 kept_best = snap.result.info.get("keep", snap.result.config.keep) == "best"
                 st.caption("The kept δ (best fit-set fooling ratio at an evaluation)." if kept_best
                            else "The run's last δ (the run keeps its last).")
+            elif snap.state == INTERRUPTED:
+                st.caption("The kept δ at the run's last checkpoint (a restart of the server interrupted it).")
             else:
                 st.caption("The current δ of the run.")
         else:
