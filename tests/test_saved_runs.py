@@ -30,6 +30,7 @@ from uap_core.result_file import load_result, result_from_bytes, result_to_bytes
 from uap_core.run import Run, RunConfig
 from uap_ui import jobs, saved_runs, shutdown
 from uap_ui.runstore import RunStore
+from uap_ui.scheduler import Scheduler
 
 TIMEOUT = 120
 
@@ -89,6 +90,13 @@ def test_finished_and_killed_runs_come_back_and_resume_continues_to_the_same_del
     workspace = jobs.Workspace("store-test")
     workspace.store = store
     workspace.add_run(uninterrupted)  # kept at once: it has finished
+    full = Scheduler(max_runs=1)
+    full.acquire(full.submit("another run"))  # its one slot taken
+    never = jobs.Job(Run(config(cifar_npz)), kind="generate", scheduler=full)  # stopped in the queue: no δ
+    workspace.add_run(never.start())
+    never.stop()
+    assert never.join(30) and never.state == jobs.STOPPED
+    time.sleep(0.2)
     # a run whose process is killed after step 5 (every 2 steps a checkpoint): its generator is abandoned, as a
     # SIGKILL would leave it — no stop checkpoint, no end of work
     name = store.new_name()
@@ -100,17 +108,18 @@ def test_finished_and_killed_runs_come_back_and_resume_continues_to_the_same_del
         if event.kind == "step" and event.step == 5:
             break
     events.close()
-    assert sorted(p.suffix for p in folder.iterdir()) == [".checkpoint", ".json", ".json", ".result"]
+    assert sorted(p.suffix for p in folder.iterdir()) == [".checkpoint", ".json", ".json", ".json", ".result"]
 
     restarted = RunStore(folder)  # a new server process on the same folder
     restored = restarted.load()
     assert not restarted.damaged
-    done, interrupted = (item.job.snapshot() for item in restored)
+    done, stopped, interrupted = (item.job.snapshot() for item in restored)
+    assert stopped.state == jobs.STOPPED and stopped.result is None
     assert done.state == jobs.DONE and done.label == uninterrupted.label
     assert done.result.summary() == uninterrupted.snapshot().result.summary()
     assert [e["step"] for e in done.events if e["kind"] == "step"] == list(range(1, 9))
     assert interrupted.state == jobs.INTERRUPTED and interrupted.last_step["step"] == 4  # the last checkpoint's
-    assert restarted.record(restored[1].job)["checkpoint_step"] == 4
+    assert restarted.record(restored[2].job)["checkpoint_step"] == 4
 
     # Resume, as the page does it: the run from its checkpoint, in the interrupted one's place and record
     again = jobs.Workspace("store-test-2")
@@ -122,7 +131,7 @@ def test_finished_and_killed_runs_come_back_and_resume_continues_to_the_same_del
 
     checkpoint = load_checkpoint(saved)
     run = Run(checkpoint.resumed_config(), checkpoints=restarted.checkpoint_policy(name), resume=checkpoint)
-    resumed = again.replace_run(restored[1].job, jobs.Job(run, label=interrupted.label, kind="generate").start())
+    resumed = again.replace_run(restored[2].job, jobs.Job(run, label=interrupted.label, kind="generate").start())
     assert resumed.join(120)
     snap = resumed.snapshot()
     assert snap.state == jobs.DONE and snap.start_info["resumed_from_step"] == 4
@@ -131,7 +140,7 @@ def test_finished_and_killed_runs_come_back_and_resume_continues_to_the_same_del
     time.sleep(0.2)  # the end-of-work save runs after the job's state is set
     assert not saved.exists(), "a finished run's checkpoint is removed"
     assert json.loads(restarted.path(name, ".run.json").read_text())["state"] == jobs.DONE
-    assert [j.snapshot().state for j in again.runs_list()] == [jobs.DONE, jobs.DONE]
+    assert [j.snapshot().state for j in again.runs_list()] == [jobs.DONE, jobs.STOPPED, jobs.DONE]
 
     again.clear_finished()  # Clear finished: every file of those runs deleted on disk
     assert list(folder.iterdir()) == []

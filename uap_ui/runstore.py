@@ -168,7 +168,8 @@ class RunStore:
             if job.interrupted:
                 return
             snap = job.snapshot()
-            record = {**self._records[name], "state": snap.state, "error": snap.error, "label": snap.label}
+            record = {**self._records[name], "state": snap.state, "error": snap.error, "label": snap.label,
+                      "result": snap.result is not None}
             self.folder.mkdir(parents=True, exist_ok=True)
             try:
                 if snap.result is not None:
@@ -220,6 +221,8 @@ class RunStore:
         record["name"] = name
         label, kind, state = str(record["label"]), str(record.get("kind", "generate")), str(record["state"])
         created = float(record.get("created", 0.0)) or None
+        if state in (DONE, STOPPED) and record.get("result") is False:  # stopped before it had a δ (in the queue)
+            return Job.restored(label, kind, state, [], config=_config(record), created=created)
         if state in (DONE, STOPPED):
             result, _ = load_result(self.path(name, RESULT_SUFFIX))
             return Job.restored(label, kind, state, [*result.history, _done_event(result)], result=result,
