@@ -194,9 +194,10 @@ def test_a_visitor_sees_their_own_kept_runs_a_damaged_one_as_one_line_and_clear_
         store.keep(job, "run")
         if label == "mine":
             store.keep(job, "demo")
-    broken = my_folder / "20000101-000000-00000000.run.json"
+    broken = my_folder / "20000101-000000-00000000.run.json"  # a record whose result file is damaged
     broken.write_text('{"format": "uap-explorer-run-record", "role": "run", "label": "x", "state": "done"}')
-    assert len(list(my_folder.iterdir())) == 5
+    broken.with_name(broken.name.replace(".run.json", ".result")).write_bytes(b"\x10\x00\x00\x00not a result")
+    assert len(list(my_folder.iterdir())) == 6
 
     at = AppTest.from_file(str(PAGES["generate"]), default_timeout=TIMEOUT)
     at.query_params["ws"] = mine
@@ -206,13 +207,17 @@ def test_a_visitor_sees_their_own_kept_runs_a_damaged_one_as_one_line_and_clear_
     assert len(lines) == 1 and "(mine)" in lines[0] and "finished" in lines[0]
     assert [m.label for m in at.metric][:1] == ["Held-out fooling ratio"]  # its result panel
     warnings = [w.value for w in at.warning if "could not be read" in w.value]
-    assert len(warnings) == 1 and broken.name.replace(".run.json", ".result") in warnings[0]
+    assert len(warnings) == 1 and "20000101-000000-00000000.result is not a readable saved result" in warnings[0]
+    assert str(my_folder) not in warnings[0]  # the file's name, not the server's folders
 
     [b for b in at.button if b.label == "Clear finished runs"][0].click().run()
     assert not at.exception and not status_lines(at)
-    left = sorted(p.name for p in my_folder.iterdir())  # the damaged record and the kept demo (.run.json, .result)
-    assert len(left) == 3 and broken.name in left and sum(n.endswith(".result") for n in left) == 1
+    left = sorted(p.name for p in my_folder.iterdir())  # the damaged run and the kept demo (.run.json, .result)
+    assert len(left) == 4 and broken.name in left and sum(n.endswith(".result") for n in left) == 2
     assert len(list(their_folder.iterdir())) == 2, "another visitor's kept run stays"
+    [b for b in at.button if b.label == "Discard"][0].click().run()  # the damaged run's own Discard
+    assert not at.exception and not [w for w in at.warning if "could not be read" in w.value]
+    assert len(list(my_folder.iterdir())) == 2 and not broken.exists()
 
     home = AppTest.from_file(str(PAGES["home"]), default_timeout=TIMEOUT)
     home.query_params["ws"] = mine
