@@ -8,6 +8,7 @@ held-out images, SGD-UAP with batches of 10: 8 steps, about a second.
   checkpoint stays) are found by a new store on the same folder: the finished one with its result, the other as
   interrupted at its checkpoint's step; Resume continues from that step to the δ of the uninterrupted run; a run the
   server's shutdown ends (SIGTERM's path) keeps its record "running" and a checkpoint of the step it reached;
+- SIGTERM through the wrapped signal handler (uap_ui/shutdown.py) interrupts the run at once;
 - on the Generate page of a visitor (AppTest, classroom mode): their own runs only, a damaged record as one line
   with the others shown, Clear finished deleting the files on disk (another visitor's stay); the Home demo's result.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -71,6 +74,9 @@ def test_a_result_read_back_equals_the_original_and_a_damaged_file_is_one_line(u
         assert torch.equal(getattr(back.evaluation, name), getattr(result.evaluation, name))
     assert json.dumps(back.history) == json.dumps(result.history)  # NaN kept (and written alike)
     assert [p.name for p in tmp_path.iterdir()] == ["run.result"]  # no temp file left
+    for last in (result.delta.clone(), torch.zeros_like(result.delta)):  # the last δ stored once where it is the kept
+        assert torch.equal(result_from_bytes(result_to_bytes(dataclasses.replace(result, last_delta=last)))[0]
+                           .last_delta, last)
 
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF  # a flipped bit in the last tensor
@@ -147,8 +153,8 @@ def test_finished_and_killed_runs_come_back_and_resume_continues_to_the_same_del
 
 
 def test_shutdown_checkpoints_a_running_run_and_keeps_its_record_running(cifar_npz, tmp_path):
-    """SIGTERM's path (uap_ui/shutdown.py's exit hook): the run ends after its current step with a fresh checkpoint;
-    its record stays "running", so the next server shows it interrupted there."""
+    """SIGTERM (uap_ui/shutdown.py: the wrapped signal handler, then the exit hook): the run ends after its current
+    step with a fresh checkpoint; its record stays "running", so the next server shows it interrupted there."""
     store = RunStore(tmp_path / "runs", checkpoint_seconds=3600)  # no periodic checkpoint: only the shutdown's
     workspace = jobs.workspace("shutdown-test")
     workspace.store = store
@@ -160,8 +166,22 @@ def test_shutdown_checkpoints_a_running_run_and_keeps_its_record_running(cifar_n
     while (job.snapshot().last_step or {}).get("step", 0) < 3:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert job in shutdown.interrupt_running()  # the watcher's part, when Streamlit's runtime starts stopping
-    assert shutdown.checkpoint_running(timeout=60) >= 1  # the exit hook's: waits for it
+    # the signal: the wrapped handler (Streamlit's, here a stand-in) starts interrupting, then does what it did
+    handled: list[int] = []
+    before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, lambda number, frame: handled.append(number))
+    try:
+        assert shutdown.wrap_signal_handlers() == ["SIGTERM", "SIGINT"]
+        assert shutdown.wrap_signal_handlers() == [], "wrapped once"
+        os.kill(os.getpid(), signal.SIGTERM)
+        while not (handled and job.interrupted):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+    assert handled == [signal.SIGTERM]
+    assert shutdown.checkpoint_running(timeout=60) >= 1  # the exit hook's part: waits for it
     reached = job.snapshot().last_step["step"]
     assert not job.active and job.interrupted
     time.sleep(0.2)

@@ -1,7 +1,8 @@
-"""A finished run's result as one file, to keep it across a restart: :class:`~uap_core.run_types.RunResult` ↔ bytes.
+"""A finished run's result as one file, to keep it across a restart: :class:`~uap_core.run_types.RunResult` ↔
+bytes.
 
-The file is a safetensors file (never unpickled): the tensors — the kept δ and the last δ, (3, H, W) float32 in pixel
-units, and the held-out and random-noise evaluations' per-image labels and top-1 confidences, (N,) — and, as JSON in
+The file is a safetensors file (never unpickled): the tensors — the kept δ and the last δ (where it differs), (3, H, W)
+float32 in pixel units, and the held-out and random-noise evaluations' per-image labels and top-1 confidences, (N,) — and, as JSON in
 its header (key ``result``), everything else: the run's config, the history (every event, NaN kept as Python's JSON
 writes it), the info, the evaluations' figures and label histograms, the steps, seconds, the outcome, and a
 caller's ``extra`` dict (the app keeps a run's label and state there), with a SHA-256 of the tensors so that a damaged
@@ -84,8 +85,9 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def result_to_bytes(result: RunResult, extra: dict[str, Any] | None = None) -> bytes:
     """The file's bytes for ``result``; ``extra``: JSON data of the caller's, read back beside the result."""
-    tensors = {"delta": result.delta.detach().to("cpu", copy=True).contiguous(),
-               "last_delta": result.last_delta.detach().to("cpu", copy=True).contiguous()}
+    tensors = {"delta": result.delta.detach().to("cpu", copy=True).contiguous()}
+    if not torch.equal(result.last_delta.cpu(), tensors["delta"]):  # else (keep="last", or the best was the last)
+        tensors["last_delta"] = result.last_delta.detach().to("cpu", copy=True).contiguous()  # stored once
     document = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
         "config": {spec.name: getattr(result.config, spec.name) for spec in dataclasses.fields(RunConfig)},
@@ -115,7 +117,8 @@ def result_from_bytes(data: bytes, name: str = "the result") -> tuple[RunResult,
         if _digest(tensors) != document["tensor_digest"]:
             raise ValueError("its tensors do not match their checksum: the file is damaged")
         result = RunResult(
-            config=RunConfig(**document["config"]), delta=tensors["delta"], last_delta=tensors["last_delta"],
+            config=RunConfig(**document["config"]), delta=tensors["delta"],
+            last_delta=tensors.get("last_delta", tensors["delta"]),
             best_step=int(document["best_step"]),
             evaluation=_evaluation_from(document["evaluation"], "evaluation", tensors),
             random_evaluation=_evaluation_from(document["random_evaluation"], "random_evaluation", tensors),

@@ -1,19 +1,24 @@
 """When the server process ends (SIGTERM, Ctrl-C): checkpoint the runs going, so that they resume after a restart.
 
-Streamlit's server owns the main thread and its signal handlers (``streamlit.web.bootstrap`` installs one for
-SIGTERM, SIGINT and SIGQUIT that stops the server; the pages run in script threads, where ``signal.signal`` is not
-allowed), so this module touches no signal handler. Two hooks, both installed from any thread, work for
+Streamlit's server owns the main thread and its signal handlers: ``streamlit.web.bootstrap`` installs, once the
+server has started, one handler for SIGTERM, SIGINT and SIGQUIT that asks uvicorn to exit; uvicorn then closes the
+connections (seconds) before Streamlit's runtime stops and the process exits. The pages run in script threads,
+where ``signal.signal`` is refused. Three hooks, installed from the first page (:func:`install`), work for
 ``streamlit run app.py`` and ``uap app`` alike:
 
-- a watcher thread sees Streamlit's runtime enter its STOPPING state (``Runtime.instance().state``, what its
-  signal handler sets first) within :data:`WATCH_SECONDS` and at once asks every run with a checkpoint policy to end
-  after its current step (:meth:`uap_ui.jobs.Job.interrupt`: the run writes its checkpoint, the job is not kept as
-  finished) — while the server is still closing its connections;
-- the handler's stop ends the event loop and the process exits normally, which runs the :mod:`atexit` hook while
-  the job threads (daemon threads) still run: it interrupts any run not yet interrupted and waits for them all, at
-  most ``UAP_SHUTDOWN_SECONDS`` (default 30) in all.
+- **at the signal**: the runtime's event loop runs in the main thread (found through public API: the loop of the
+  runtime's ``stopped`` future); a callback scheduled there wraps Streamlit's SIGTERM and SIGINT handlers: the
+  wrapper starts :func:`interrupt_running` in a thread of its own (a signal handler must not wait for locks) and
+  calls Streamlit's handler. Every run with a checkpoint policy then ends after its current step
+  (:meth:`uap_ui.jobs.Job.interrupt`: the run writes its checkpoint, the job is not kept as finished);
+- **when the runtime stops** (a fallback, should the wrapping fail or the server be stopped otherwise): a watcher
+  thread sees Streamlit's runtime enter its STOPPING state within :data:`WATCH_SECONDS` and does the same;
+- **at exit**: the process exits normally, which runs the :mod:`atexit` hook while the job threads (daemon
+  threads) still run: it interrupts any run not yet interrupted and waits for them all, at most
+  ``UAP_SHUTDOWN_SECONDS`` (default 30) in all.
 
-A process killed outright (SIGKILL, power loss) runs neither: its runs resume from their last periodic checkpoint.
+A process killed outright (SIGKILL, power loss) runs none of them: its runs resume from their last periodic
+checkpoint.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import threading
 import time
+from typing import Any
 
 from . import jobs
 
@@ -43,6 +50,44 @@ def install() -> None:
         _installed = True
     atexit.register(checkpoint_running)
     threading.Thread(target=_watch_runtime, name="uap-shutdown-watch", daemon=True).start()
+    _wrap_signal_handlers_soon()
+
+
+SIGNALS = ("SIGTERM", "SIGINT")  # the ones Streamlit's handler stops the server on (SIGQUIT too: left alone)
+
+
+def _wrap_signal_handlers_soon() -> None:
+    """Schedule :func:`wrap_signal_handlers` on the main thread's event loop (Streamlit's runtime's)."""
+    try:
+        from streamlit.runtime import Runtime
+
+        if not Runtime.exists():
+            return
+        loop = Runtime.instance().stopped.get_loop()  # the runtime's event loop: the main thread's
+        loop.call_soon_threadsafe(wrap_signal_handlers)
+    except Exception as exc:  # noqa: BLE001 - another Streamlit, AppTest's runtime: the other hooks do the work
+        log.debug("signal handlers not wrapped (%s); the runtime watcher and the exit hook remain", exc)
+
+
+def wrap_signal_handlers() -> list[str]:
+    """In the main thread: wrap the present SIGTERM / SIGINT handlers (Streamlit's) so that a signal first starts
+    interrupting the checkpointing runs, then does what it did. Handlers that are not Python functions (the
+    default action, ignored) are left alone. Returns the names of the signals wrapped now."""
+    wrapped = []
+    for name in SIGNALS:
+        number = getattr(signal, name, None)
+        previous = signal.getsignal(number) if number is not None else None
+        if not callable(previous) or getattr(previous, "_uap_checkpoints", False):
+            continue
+
+        def handler(signum: int, frame: Any, previous=previous) -> None:
+            threading.Thread(target=interrupt_running, name="uap-shutdown", daemon=True).start()
+            previous(signum, frame)
+
+        handler._uap_checkpoints = True  # type: ignore[attr-defined]
+        signal.signal(number, handler)
+        wrapped.append(name)
+    return wrapped
 
 
 def _runtime_stopping() -> bool | None:
