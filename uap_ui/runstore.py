@@ -189,7 +189,11 @@ class RunStore:
         """Every readable record as a job, oldest first: finished runs with their results, runs the restart
         interrupted with their events up to their checkpoint. Unreadable ones go to :attr:`damaged`."""
         restored, damaged = [], []
-        paths = sorted(self.folder.glob(f"*{RECORD_SUFFIX}")) if self.folder.is_dir() else []
+        try:
+            paths = sorted(self.folder.glob(f"*{RECORD_SUFFIX}")) if self.folder.is_dir() else []
+        except OSError as exc:  # an unreadable folder: nothing shown, one line
+            self.damaged = [Damaged("", "run", f"The saved runs could not be read ({exc.strerror or exc}).")]
+            return []
         for path in paths:
             if path.name.startswith("."):
                 continue  # a temp file of an interrupted write

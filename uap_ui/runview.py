@@ -336,7 +336,12 @@ def start_run(config, choice: "widgets.ImageChoice", kind: str = "generate", lab
             st.session_state.setdefault(_NOTICES, []).append(images)
         job = Job(run, label=label, kind=kind)
         if name is not None:  # its record first: a restart finds it however the process ends
-            store.begin(job, name, saved_runs.image_record(choice))
+            try:
+                store.begin(job, name, saved_runs.image_record(choice))
+            except OSError as exc:
+                st.session_state.setdefault(_NOTICES, []).append(
+                    f"This run is not kept across a restart of the server: its record could not be written "
+                    f"({exc.strerror or exc}).")
         return job.start()
 
     job, reused = shared_job(key, create, own=workspace)
