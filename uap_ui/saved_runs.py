@@ -59,6 +59,8 @@ def attach_store(workspace: Workspace) -> RunStore:
         for item in restored:
             item.job.watch(workspace.token)
             if item.role == "demo":
+                if workspace.demo is not None:  # one demo is shown: an older record left by a crash goes
+                    store.forget(workspace.demo, "demo")
                 workspace.demo = item.job
             else:
                 workspace.runs.append(item.job)
