@@ -12,7 +12,7 @@ import streamlit as st
 import uap_ui  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch is loaded
 
 from uap_core.presets import demo_config
-from uap_ui import charts, replay, runview, widgets
+from uap_ui import charts, replay, runview, saved_runs, widgets
 from uap_ui.jobs import Workspace
 from uap_ui.page import setup_page
 from uap_ui.session import current_workspace
@@ -97,6 +97,7 @@ def demo_view() -> None:
 demo_view()
 replay.home_section()  # beside the live demo: a recorded race at a scale a laptop cannot reach live
 
+saved_runs.show_damaged(workspace, "demo", "demo")  # a kept demo result that could not be read: one line
 demo = workspace.demo
 if demo is not None and not demo.active:
     snap = demo.snapshot()
@@ -109,6 +110,9 @@ if demo is not None and not demo.active:
             st.markdown("**Held-out images, clean vs perturbed** (fooled ones first)")
             if analysis is not None:
                 widgets.prediction_grid(demo.holdout, analysis, count=6, columns=2)
+            else:  # a demo kept across a restart of the server keeps δ and its numbers, not the photos
+                st.caption("The photos are shown for a demo run since the server started; this result was kept "
+                           "across a restart (δ, its numbers and charts). Run the demo again to see them.")
         with hist_col:
             widgets.histogram_chart(snap.result.evaluation.histogram.as_dict(10), key="demo_hist",
                                     title="Top label of the perturbed held-out images", height=380)

@@ -13,8 +13,8 @@ from uap_core.errors import ParameterError
 from uap_core.presets import PROTOCOL_CAPTIONS, RACE_BUDGET, RACE_EPOCHS, RaceSettings, race_config, race_entrant
 from uap_core.run import NORMS, RunConfig
 from uap_core.seeds import SeedSettings, parse_seeds
-from uap_ui import charts, replay, runview, widgets
-from uap_ui.jobs import Workspace, run_label, short_algorithm_name
+from uap_ui import charts, replay, runview, saved_runs, widgets
+from uap_ui.jobs import INTERRUPTED, Workspace, run_label, short_algorithm_name
 from uap_ui.page import setup_page
 from uap_ui.session import current_workspace
 
@@ -203,11 +203,17 @@ live_view()
 replay.race_section()  # the SGA paper's race, recorded, on the same charts
 
 # ---------------------------------------------------------------------------------------------- results
-finished = [job.snapshot() for job in workspace.runs_list() if not job.active]
+ended = [(job, job.snapshot()) for job in workspace.runs_list() if not job.active]
+finished = [snap for _, snap in ended]
+saved_runs.show_damaged(workspace, "run", "gen")  # a saved run that could not be read: one line each
 if finished:
     st.subheader("Results")
     for line in runview.seed_spreads(finished, st.session_state.get(SEED_GROUPS)):
         st.markdown(line)
-    for i, snap in enumerate(reversed(finished)):
-        with st.expander(f"{snap.label} — {snap.state}", expanded=i == 0):
-            runview.result_panel(snap, key=f"gen_result_{snap.id}")
+    for i, (job, snap) in enumerate(reversed(ended)):
+        interrupted = snap.state == INTERRUPTED  # by a restart of the server: Resume / Discard
+        with st.expander(f"{snap.label} — {snap.state}", expanded=i == 0 or interrupted):
+            if interrupted:
+                runview.interrupted_panel(workspace, job, snap, key=f"gen_result_{snap.id}")
+            else:
+                runview.result_panel(snap, key=f"gen_result_{snap.id}")

@@ -85,16 +85,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(work: Path, env: dict[str, str], start_seconds: float = 60.0) -> Iterator[tuple[str, int]]:
-    """``streamlit run app.py`` headless on a free local port with ``env`` added to this process's environment;
-    yields (url, process id) once ``/_stcore/health`` answers, and stops the process on exit. Its log is
-    ``work/server.log`` (shown when it fails to start, and named at the end)."""
+def streamlit_server(work: Path, env: dict[str, str], start_seconds: float = 60.0,
+                     port: int | None = None) -> Iterator[tuple[str, int]]:
+    """``streamlit run app.py`` headless on a free local port (or ``port``) with ``env`` added to this process's
+    environment; yields (url, process id) once ``/_stcore/health`` answers, and stops the process on exit. Its log
+    is ``work/server.log`` (shown when it fails to start, and named at the end; a second server in the same folder
+    appends to it)."""
     import pytest
 
-    port = free_port()
+    port = port or free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false", **env}
     log_path = work / "server.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
              "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",

@@ -45,6 +45,7 @@ from . import scheduler as scheduling
 log = logging.getLogger(__name__)
 
 RUNNING, QUEUED, DONE, FAILED, STOPPED = "running", "queued", "done", "failed", "stopped"
+INTERRUPTED = "interrupted"  # a run the server's restart ended, restored from its checkpoint (uap_ui.runstore)
 ACTIVE_STATES = (RUNNING, QUEUED)
 DELTA_COPY_INTERVAL = 0.25  # seconds between CPU copies of the current δ during a run
 GRACE_SECONDS = 15.0  # how long a workspace without any browser session keeps watching its jobs
@@ -182,6 +183,44 @@ class Job:
         self.finished_at: float | None = None  # time.monotonic() when the work ended
         self.holdout: ImageSet | None = None  # the held-out images, once the run has prepared them
         self.model: Classifier | None = None  # the model the run used
+        self.interrupted = False  # ended by the server's shutdown (see interrupt): not a finished run
+        self._on_end: list[Callable[["Job"], None]] = []
+
+    @classmethod
+    def restored(cls, label: str, kind: str, state: str, events: list[dict[str, Any]], result: Any = None,
+                 delta: torch.Tensor | None = None, error: str | None = None, config: Any = None,
+                 created: float | None = None) -> "Job":
+        """A job that ended in an earlier server process, as it was saved (uap_ui.runstore): a finished run
+        (``result``: its RunResult) or one the restart interrupted (its events up to its last checkpoint). It never
+        runs; it is drawn like any finished job."""
+        job = cls(lambda report, stopped: result, label=label, kind=kind)
+        job.config = config if config is not None else getattr(result, "config", None)
+        start = next((e for e in events if e.get("kind") == "start"), None)
+        last_step = next((e for e in reversed(events) if e.get("kind") == "step"), None)
+        total = (start or {}).get("total_steps")
+        job._state, job._events, job._result, job._error = state, list(events), result, error
+        job._delta = delta if delta is not None else getattr(result, "delta", None)
+        job._start_info = {k: v for k, v in (start or {}).items() if k not in ("kind", "step", "epoch", "elapsed")}
+        job._progress = 1.0 if state == DONE else min(1.0, last_step["step"] / total) if last_step and total else 0.0
+        job._message = state
+        job.created = created if created is not None else job.created
+        job.finished_at = time.monotonic()
+        return job
+
+    def when_finished(self, callback: Callable[["Job"], None]) -> None:
+        """Call ``callback(job)`` once the work has ended (in the worker thread, after its slot is released; at
+        once when it has ended already)."""
+        with self._lock:
+            if self.finished_at is None:
+                self._on_end.append(callback)
+                return
+        callback(self)
+
+    def interrupt(self) -> None:
+        """The server is shutting down: end the work after its current step as :meth:`stop` does (a run with a
+        checkpoint policy writes its checkpoint), marked ``interrupted`` so that it is not kept as finished."""
+        self.interrupted = True
+        self.stop()
 
     # -------------------------------------------------------------------------------------- control
     @property
@@ -307,9 +346,15 @@ class Job:
             with self._lock:
                 self.run = None  # frees the fit / held-out tensors on the device
                 self.finished_at = time.monotonic()
+                callbacks, self._on_end = self._on_end, []
             self.scheduler.release(ticket)
             if self.uses_gpu and torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:  # noqa: BLE001 - a failed save must not take the server down
+                    log.error("job %s: end of work callback failed:\n%s", self.id, traceback.format_exc())
 
     def _work_fn(self) -> None:
         assert self._fn is not None
@@ -435,7 +480,11 @@ def shared_jobs() -> list[Job]:
 @dataclass
 class Workspace:
     """Everything one browser session has running or kept: Generate runs (kept for the comparison charts
-    until cleared), the Home demo, and named tasks (e.g. the transfer table, a study)."""
+    until cleared), the Home demo, and named tasks (e.g. the transfer table, a study).
+
+    ``store``: where the runs and the demo are kept across a restart (a :class:`uap_ui.runstore.RunStore`, set by
+    the page's setup; None: in memory only): told of every run shown (``keep``) and every run dropped
+    (``forget``)."""
 
     token: str
     runs: list[Job] = field(default_factory=list)
@@ -444,22 +493,43 @@ class Workspace:
     sessions: set[str] = field(default_factory=set)
     detached_since: float | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    store: Any = None
+
+    def _forget(self, dropped: list[Job], role: str = "run") -> None:
+        for job in dropped:
+            if self.store is not None:
+                self.store.forget(job, role)
+            job.leave(self.token)
 
     def add_run(self, job: Job) -> Job:
         """Show ``job`` on the charts (once: a shared run already shown is not added twice)."""
         job.watch(self.token)
         dropped = []
         with self.lock:
-            if job not in self.runs:
+            added = job not in self.runs
+            if added:
                 self.runs.append(job)
-            finished = [j for j in self.runs if not j.active]
+            finished = [j for j in self.runs if not j.active and j.state != INTERRUPTED]
             while len(self.runs) > MAX_RUNS_SHOWN and finished:
                 old = finished.pop(0)
                 self.runs.remove(old)
                 dropped.append(old)
-        for old in dropped:
-            old.leave(self.token)
+        if added and self.store is not None:
+            self.store.keep(job, "run")
+        self._forget(dropped)
         return job
+
+    def replace_run(self, old: Job, new: Job) -> Job:
+        """Show ``new`` where ``old`` was (a resumed run in place of its interrupted one; the same saved record)."""
+        new.watch(self.token)
+        with self.lock:
+            self.runs = [new if j is old else j for j in self.runs]
+            if new not in self.runs:
+                self.runs.append(new)
+        if self.store is not None:
+            self.store.replace(old, new)
+        old.leave(self.token)
+        return new
 
     def runs_list(self) -> list[Job]:
         with self.lock:
@@ -469,26 +539,28 @@ class Workspace:
         return [j for j in self.runs_list() if j.active]
 
     def clear_finished(self) -> None:
-        """Drop the finished runs from the charts (running ones stay)."""
+        """Drop the finished runs from the charts and from the store (running and interrupted ones stay)."""
         with self.lock:
-            dropped = [j for j in self.runs if not j.active]
-            self.runs = [j for j in self.runs if j.active]
-        for job in dropped:
-            job.leave(self.token)
+            dropped = [j for j in self.runs if not j.active and j.state != INTERRUPTED]
+            self.runs = [j for j in self.runs if j not in dropped]
+        self._forget(dropped)
 
     def remove_run(self, job_id: int) -> None:
+        """Drop the finished (or interrupted) run ``job_id`` from the charts and from the store (Discard)."""
         with self.lock:
             dropped = [j for j in self.runs if j.id == job_id and not j.active]
             self.runs = [j for j in self.runs if j not in dropped]
-        for job in dropped:
-            job.leave(self.token)
+        self._forget(dropped)
 
     def set_demo(self, job: Job) -> Job:
         job.watch(self.token)
         with self.lock:
             old, self.demo = self.demo, job
-        if old is not None and old is not job:
-            old.leave(self.token)
+        if old is not job:
+            if self.store is not None:
+                self.store.keep(job, "demo")
+            if old is not None:
+                self._forget([old], "demo")
         return job
 
     def set_task(self, name: str, task: Job) -> Job:
@@ -517,6 +589,9 @@ class Workspace:
             for name, task in list(self.tasks.items()):
                 if task is job:
                     del self.tasks[name]
+        if self.store is not None:
+            self.store.forget(job, "run")
+            self.store.forget(job, "demo")
         return False
 
     def jobs(self) -> list[Job]:

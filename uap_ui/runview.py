@@ -17,15 +17,15 @@ from uap_core.artifacts import uap_to_bytes
 from uap_core.errors import UAPError
 from uap_core.library import safe_name
 
-from . import cache, charts, jobs, spaces, widgets
-from .jobs import DONE, FAILED, QUEUED, STOPPED, JobSnapshot
+from . import cache, charts, jobs, saved_runs, spaces, widgets
+from .jobs import DONE, FAILED, INTERRUPTED, QUEUED, STOPPED, JobSnapshot
 from .session import current_workspace
 
 POLL_SECONDS = 1.0  # page refresh while a run is live: each poll redraws the charts (browser CPU)
 REDRAWS_PER_SECOND = 4.0  # at most about this many live redraws per second in all, however many sessions watch
 STATE_BADGES = {"running": ":blue-badge[running]", "queued": ":gray-badge[queued]",
                 "done": ":green-badge[finished]", "stopped": ":orange-badge[stopped]",
-                "failed": ":red-badge[failed]"}
+                "failed": ":red-badge[failed]", "interrupted": ":violet-badge[interrupted]"}
 
 
 _POLL_KEY = "_uap_poll_seconds"
@@ -107,6 +107,9 @@ def status_line(snap: JobSnapshot) -> None:
         parts.append(f"random noise {baseline:.0%}")
     if snap.result is not None:
         parts.append(f"kept δ: step {snap.result.best_step} ({snap.result.reason})")
+    resumed = snap.start_info.get("resumed_from_step")
+    if resumed is not None and snap.state != INTERRUPTED:
+        parts.append(f"resumed from step {resumed}")
     if snap.active and snap.watchers > 1:
         parts.append(f"shared: {snap.watchers} pages watch it")
     st.markdown(" · ".join(parts))
@@ -168,6 +171,8 @@ def delta_and_histogram(snap: JobSnapshot, key: str) -> None:
                 kept_best = snap.result.info.get("keep", snap.result.config.keep) == "best"
                 st.caption("The kept δ (best fit-set fooling ratio at an evaluation)." if kept_best
                            else "The run's last δ (the run keeps its last).")
+            elif snap.state == INTERRUPTED:
+                st.caption("The kept δ at the run's last checkpoint (a restart of the server interrupted it).")
             else:
                 st.caption("The current δ of the run.")
         else:
@@ -244,6 +249,32 @@ def result_panel(snap: JobSnapshot, key: str) -> None:
                            key=f"{key}_download", on_click="ignore", icon=":material/download:")
 
 
+def interrupted_panel(workspace, job, snap: JobSnapshot, key: str) -> None:
+    """A run the server's restart interrupted: where it stood, and Resume (from its checkpoint) / Discard."""
+    store = workspace.store
+    record = store.record(job) if store is not None else None
+    saved_step = record.get("checkpoint_step") if record else None
+    total = snap.total_steps
+    last_eval = snap.last_eval
+    where = f"step {saved_step}/{total}" if saved_step is not None and total else f"step {saved_step}"
+    if saved_step is None:
+        st.warning("The server stopped before this run wrote its first checkpoint: **Resume** starts it again "
+                   "from step 0.", icon=":material/restart_alt:")
+    else:
+        figure = (f", held-out fooling ratio **{last_eval['fooling_ratio']:.0%}** at step {last_eval['step']}"
+                  if last_eval is not None else "")
+        st.info(f"Interrupted when the server stopped. Its checkpoint of **{where}**{figure} is kept in your "
+                f"space: **Resume** continues from there.", icon=":material/pause_circle:")
+    can_resume = bool(record and record.get("images"))
+    if record and not record.get("images"):
+        st.caption("It ran on uploaded images, which are not kept across a restart: it cannot be resumed.")
+    resume_col, discard_col, _ = st.columns([1, 1, 3])
+    resume_col.button("Resume", key=f"{key}_resume", type="primary", icon=":material/play_arrow:",
+                      disabled=not can_resume, on_click=saved_runs.resume, args=(workspace, job), width="stretch")
+    discard_col.button("Discard", key=f"{key}_discard", icon=":material/delete:", on_click=workspace.remove_run,
+                       args=(job.id,), width="stretch", help="Delete this run and its checkpoint.")
+
+
 def queue_caption(snap: JobSnapshot) -> None:
     """Where a waiting job stands: "in queue: 3rd, about 40 s", and why it waits."""
     place = snap.queue
@@ -288,19 +319,32 @@ def start_run(config, choice: "widgets.ImageChoice", kind: str = "generate", lab
         st.error(str(exc), icon=":material/error:")
         return None
 
+    workspace = current_workspace()
+    store = workspace.store if kind == "generate" else None  # a Generate run is kept across a restart
+
     def create():
+        name = store.new_name() if store is not None else None
         try:
             model = cache.model(config.model, config.device)
             images = widgets.load_image_choice(choice, config.model, config.input_size)
-            run = Run(config, model=model, images=images)
+            run = Run(config, model=model, images=images,
+                      checkpoints=store.checkpoint_policy(name) if name is not None else None)
         except UAPError as exc:
             st.error(str(exc), icon=":material/error:")
             return None
         if images.skipped:  # shown after the rerun that redraws the buttons (see show_notices)
             st.session_state.setdefault(_NOTICES, []).append(images)
-        return Job(run, label=label, kind=kind).start()
+        job = Job(run, label=label, kind=kind)
+        if name is not None:  # its record first: a restart finds it however the process ends
+            try:
+                store.begin(job, name, saved_runs.image_record(choice))
+            except OSError as exc:
+                st.session_state.setdefault(_NOTICES, []).append(
+                    f"This run is not kept across a restart of the server: its record could not be written "
+                    f"({exc.strerror or exc}).")
+        return job.start()
 
-    job, reused = shared_job(key, create, own=current_workspace())
+    job, reused = shared_job(key, create, own=workspace)
     if job is not None and reused:
         state = "is already going" if job.active else "finished a moment ago"
         st.session_state.setdefault(_NOTICES, []).append(

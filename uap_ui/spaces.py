@@ -16,6 +16,10 @@ Settings — an environment variable first, else the ``[uap]`` table of ``.strea
     Where visitors' own library spaces live (default ``<library>/.visitors``, one sub-folder per visitor).
 ``UAP_VISITOR_MAX_ENTRIES`` / ``visitor_max_entries``
     Perturbations one visitor may keep in their space (default 50).
+``UAP_CHECKPOINT_SECONDS`` / ``checkpoint_seconds``
+    How often a Generate run writes its checkpoint into its space (default 60; the runs kept across a restart:
+    :mod:`uap_ui.saved_runs`). ``UAP_SHUTDOWN_SECONDS`` (environment only): how long a stopping server waits for the
+    runs' last checkpoints (default 30; :mod:`uap_ui.shutdown`).
 ``owner_password`` (top level of secrets.toml, or ``UAP_OWNER_PASSWORD``)
     Lets its holder rename and delete entries of the owner's library from any browser.
 
