@@ -1,5 +1,5 @@
 """A UAP measured under real transformations: the held-out fooling ratio of δ when the perturbed image is JPEG
-re-encoded, rotated, scaled, blurred or brightened by the real operations (libjpeg through ``torchvision.io``,
+re-encoded, rotated, scaled, blurred or brightened by the real operations (libjpeg through Pillow,
 ``torchvision.transforms.functional``), not the differentiable approximations a robust run is fitted through
 (:mod:`uap_core.transforms`).
 
@@ -27,12 +27,14 @@ in pixels of the model's input (kernel 2·⌈3σ⌉ + 1, reflect padding; 0: non
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from torchvision.io import decode_jpeg, encode_jpeg
+from PIL import Image
 
 from .evaluation import autocast, default_batch_size
 from .models import Classifier
@@ -51,8 +53,7 @@ def real_transform(x: torch.Tensor, kind: str, strength: float) -> torch.Tensor:
         return x
     if kind == "jpeg":
         pixels = (x * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-        coded = [decode_jpeg(encode_jpeg(image, quality=int(strength))) for image in pixels]
-        return torch.stack(coded).to(x.device).float().div_(255)
+        return torch.stack([jpeg_roundtrip(image, int(strength)) for image in pixels]).to(x.device).float().div_(255)
     if kind == "rotation":
         return TF.rotate(x, float(strength), interpolation=TF.InterpolationMode.BILINEAR)
     if kind == "scale":
@@ -62,6 +63,17 @@ def real_transform(x: torch.Tensor, kind: str, strength: float) -> torch.Tensor:
         size = 2 * math.ceil(3 * float(strength)) + 1
         return TF.gaussian_blur(x, [size, size], [float(strength), float(strength)])
     return TF.adjust_brightness(x, float(strength))
+
+
+def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """(3, H, W) uint8 → encoded as JPEG at ``quality`` by Pillow (libjpeg: 4:2:0, the standard tables scaled by
+    quality — the same bytes as ``torchvision.io.encode_jpeg``, whose codec is deprecated) and decoded, (3, H, W)
+    uint8."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return torch.from_numpy(np.array(decoded.convert("RGB"))).permute(2, 0, 1)
 
 
 @dataclass
@@ -102,4 +114,4 @@ def fooling_under(model: Classifier, pixels: torch.Tensor, delta: torch.Tensor, 
     return TransformedFooling(kind, float(strength), changed / n, changed_vs_clean / n, alone / n, len(pixels))
 
 
-__all__ = ["IDENTITY", "REAL_TRANSFORMS", "TransformedFooling", "fooling_under", "real_transform"]
+__all__ = ["IDENTITY", "REAL_TRANSFORMS", "TransformedFooling", "fooling_under", "jpeg_roundtrip", "real_transform"]

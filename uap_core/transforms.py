@@ -29,10 +29,10 @@ The transformations and how each follows its definition (``tests/test_robust.py`
   rounding threshold, so the step pushes δ's energy where it survives. Its forward value differs from exact
   rounding by at most 0.125 of a quantisation step per coefficient.
 
-  Measured against real JPEG (``torchvision.io.encode_jpeg`` / ``decode_jpeg``, libjpeg-turbo), mean absolute
-  pixel difference on 16 ImageNet photos at 224²: 0.0043 at quality 75, 50 and 30, where JPEG itself moves the
-  pixels by 0.017 / 0.022 / 0.025 (the real codec's integer DCT, its rounding of halves away from zero and of every
-  decoded pixel to 1/255 make the rest). On the CIFAR-10 test images of ``../shared`` (which look already
+  Measured against real JPEG (libjpeg through Pillow, the same bytes as ``torchvision.io.encode_jpeg``), mean
+  absolute pixel difference on 16 ImageNet photos at 224²: 0.0043 at quality 75, 50 and 30, where JPEG itself
+  moves the pixels by 0.017 / 0.022 / 0.025 (the real codec's integer DCT, its rounding of halves away from zero
+  and of every decoded pixel to 1/255 make the rest). On the CIFAR-10 test images of ``../shared`` (which look already
   JPEG-compressed near quality 75: re-encoding at 75 moves them by only 0.0007) the difference is 0.002 – 0.005,
   except near quality 50 (0.014), where the re-quantised coefficients sit on rounding ties that the float DCT and
   libjpeg's integer DCT break differently.
