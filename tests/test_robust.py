@@ -100,35 +100,69 @@ def test_refused_in_one_line_from_the_command_line(capsys):
     assert code != 0 and len(err) == 1 and "fff cannot fit a robust δ: a data-free method" in err[0], err
 
 
-def test_the_study_runs_from_the_command_line(cifar_npz, tmp_path, capsys):
-    """study robustness on 20 + 30 CIFAR-10 images, 2 steps per δ, two strengths per transformation: the JSON holds
-    a plain and a robust curve for every transformation, each at its strengths; at the identity strengths both are
-    the δ's own held-out fooling ratio; the HTML figure draws both."""
+@pytest.fixture(scope="module")
+def study(cifar_npz, tmp_path_factory):
+    """study robustness from the command line: SGD-UAP (B 32, momentum 0.9, 8 epochs = 64 steps) on 256 CIFAR-10
+    images, a plain δ, a JPEG-robust δ and a rotation-robust δ, measured on 300 held-out images under every real
+    transformation (rotation also at 0°, the identity). Returns (the --json report, the study's JSON, its HTML)."""
+    import contextlib
+    import io
+
     from uap_core.__main__ import main
 
-    out = tmp_path / "out"
-    code = main(["study", "robustness", "--images", str(cifar_npz), "--fit", "20", "--holdout", "30", "--epochs", "1",
-                 "--batch-size", "10", "--robust", "jpeg", "--jpeg-qualities", "95,50", "--rotations", "0,10",
-                 "--scales", "1.0,1.2", "--blur-sigmas", "0,1", "--brightness", "1.0,0.6", "--device", "cpu",
-                 "--out", str(out), "--png", "off", "--json"])
+    out = tmp_path_factory.mktemp("robustness")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["study", "robustness", "--images", str(cifar_npz), "--fit", "256", "--holdout", "300",
+                     "--epochs", "8", "--batch-size", "32", "--robust", "jpeg,rotation", "--jpeg-qualities", "50",
+                     "--rotations", "0,10", "--scales", "1.2", "--blur-sigmas", "1", "--brightness", "0.6",
+                     "--device", "cpu", "--out", str(out), "--png", "off", "--json"])
     assert code == 0
-    report = json.loads(capsys.readouterr().out)
+    return (json.loads(printed.getvalue()), json.loads((out / "robustness.json").read_text()),
+            (out / "robustness.html").read_text())
+
+
+def fooling(curves: list[dict], delta: str, kind: str, strength: float) -> float:
+    (row,) = [r for r in curves if (r["delta"], r["transformation"], r["strength"]) == (delta, kind, strength)]
+    return row["fooling_ratio"]
+
+
+def test_the_study_holds_the_plain_and_robust_curves(study):
+    """The JSON holds a plain and two robust curves (one per kind asked for) for every transformation at its
+    strengths, each robust δ's settings recorded; at the identity strengths each curve is that δ's own held-out
+    fooling ratio and the transformation changes no label; the HTML figure draws every δ. (Measured beside: the
+    transformations alone change 25 % of the clean labels at JPEG 50, 22 % at 10°, 31 % at scale 1.2, 70 % at
+    blur σ 1 px, 15 % at brightness 0.6 — CIFAR's 32-pixel images are fragile — which is why δ is credited only
+    with the labels it changes beyond the transformed clean image's.)"""
+    report, result, html = study
     assert report["study"] == "robustness" and not report["stopped"]
-    result = json.loads((out / "robustness.json").read_text())
     curves, runs = result["tables"]["curves"], {r["delta"]: r for r in result["tables"]["runs"]}
-    assert runs["plain"]["robust"] == {"kind": "off"} and runs["robust"]["robust"] == {"kind": "jpeg",
-                                                                                      "jpeg_quality": 50}
-    expected = {"jpeg": [95, 50], "rotation": [0, 10], "scale": [1.0, 1.2], "blur": [0, 1], "brightness": [1.0, 0.6]}
-    for delta in ("plain", "robust"):
+    assert runs["plain"]["robust"] == {"kind": "off"}
+    assert runs["jpeg"]["robust"] == {"kind": "jpeg", "jpeg_quality": 50}
+    assert runs["rotation"]["robust"] == {"kind": "rotation", "rotation": 10.0}
+    expected = {"jpeg": [50], "rotation": [0, 10], "scale": [1.2], "blur": [1], "brightness": [0.6]}
+    for delta in ("plain", "jpeg", "rotation"):
         for kind, strengths in expected.items():
             rows = [r for r in curves if r["delta"] == delta and r["transformation"] == kind]
-            assert [r["strength"] for r in rows] == strengths and all(r["heldout_images"] == 30 for r in rows)
+            assert [r["strength"] for r in rows] == strengths and all(r["heldout_images"] == 300 for r in rows)
             assert all(0 <= r["fooling_ratio"] <= 1 and 0 <= r["transform_alone"] <= 1 for r in rows)
-        identity = [r for r in curves if r["delta"] == delta
-                    and (r["transformation"], r["strength"]) in {("rotation", 0), ("scale", 1), ("blur", 0),
-                                                                 ("brightness", 1)}]
-        assert len(identity) == 4 and all(r["fooling_ratio"] == pytest.approx(runs[delta]["fooling_ratio"])
-                                          and r["transform_alone"] == 0 for r in identity)
-    assert set(result["summary"]["jpeg"]) == {"plain_mean", "robust_mean", "robust_gain"}
-    html = (out / "robustness.html").read_text()
-    assert "plain δ" in html and "robust δ (EOT: jpeg)" in html
+        assert fooling(curves, delta, "rotation", 0) == pytest.approx(runs[delta]["fooling_ratio"])
+        (row,) = [r for r in curves if (r["delta"], r["transformation"], r["strength"]) == (delta, "rotation", 0)]
+        assert row["transform_alone"] == 0 and row["fooling_ratio_vs_clean"] == row["fooling_ratio"]
+    assert set(result["summary"]["jpeg"]) == {"plain_mean", "jpeg_mean", "jpeg_gain", "rotation_mean",
+                                              "rotation_gain"}
+    assert "plain δ" in html and "robust δ (EOT: jpeg)" in html and "robust δ (EOT: rotation)" in html
+
+
+def test_a_robust_delta_survives_real_jpeg_and_rotation(study):
+    """Under real JPEG at quality 50 (libjpeg) and a real 10° rotation (torchvision), on 300 held-out images, the
+    δ fitted through that transformation keeps a higher fooling ratio than the plain δ of the same method, images and
+    seed. Measured: JPEG 50 — plain 0.247, JPEG-robust 0.447; rotation 10° — plain 0.353, rotation-robust 0.503
+    (untransformed: plain 0.723, JPEG-robust 0.44, rotation-robust 0.733). Without momentum (the method's default)
+    the rotation-robust δ's sign steps wander (0.25 at 10°): the study's default momentum 0.9 is what makes it."""
+    _report, result, _html = study
+    curves = result["tables"]["curves"]
+    plain_jpeg, robust_jpeg = fooling(curves, "plain", "jpeg", 50), fooling(curves, "jpeg", "jpeg", 50)
+    plain_turn, robust_turn = fooling(curves, "plain", "rotation", 10), fooling(curves, "rotation", "rotation", 10)
+    assert robust_jpeg > plain_jpeg + 0.08, (plain_jpeg, robust_jpeg)
+    assert robust_turn > plain_turn + 0.05, (plain_turn, robust_turn)

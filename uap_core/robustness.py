@@ -90,28 +90,45 @@ class TransformedFooling:
     count: int
 
 
-def fooling_under(model: Classifier, pixels: torch.Tensor, delta: torch.Tensor, kind: str, strength: float,
-                  precision: str = "fp32", batch_size: int | None = None) -> TransformedFooling:
-    """The held-out fooling ratios of δ (3, H, W) pixel units under the real transformation ``kind`` at
-    ``strength``, on ``pixels`` (N, 3, H, W) uint8 (see :class:`TransformedFooling` and the module docstring)."""
+def labels_under(model: Classifier, pixels: torch.Tensor, delta: torch.Tensor | None, kind: str, strength: float,
+                 precision: str = "fp32", batch_size: int | None = None) -> torch.Tensor:
+    """Top-1 labels (N,) int64 on the CPU of τ(clamp(x + δ, 0, 1)) for ``pixels`` (N, 3, H, W) uint8, δ (3, H, W)
+    pixel units or None (the clean images), τ the real transformation ``kind`` at ``strength``."""
     device = model.device
     batch = batch_size or default_batch_size(model, tuple(pixels.shape[1:]), precision)
-    delta = delta.to(device, torch.float32)
-    changed = changed_vs_clean = alone = 0
+    shift = None if delta is None else delta.to(device, torch.float32)
+    labels = []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch):
             x = pixels[start:start + batch].to(device).float().div_(255)
-            perturbed = (x + delta).clamp_(0, 1)
-            labels = []
-            for image in (x, real_transform(x, kind, strength), real_transform(perturbed, kind, strength)):
-                with autocast(device, precision):
-                    labels.append(model(image.contiguous(memory_format=torch.channels_last)).float().argmax(1))
-            clean, clean_t, perturbed_t = labels
-            changed += int((perturbed_t != clean_t).sum())
-            changed_vs_clean += int((perturbed_t != clean).sum())
-            alone += int((clean_t != clean).sum())
-    n = max(len(pixels), 1)
-    return TransformedFooling(kind, float(strength), changed / n, changed_vs_clean / n, alone / n, len(pixels))
+            if shift is not None:
+                x = (x + shift).clamp_(0, 1)
+            x = real_transform(x, kind, strength)
+            with autocast(device, precision):
+                labels.append(model(x.contiguous(memory_format=torch.channels_last)).float().argmax(1).cpu())
+    return torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
 
 
-__all__ = ["IDENTITY", "REAL_TRANSFORMS", "TransformedFooling", "fooling_under", "jpeg_roundtrip", "real_transform"]
+def compare(kind: str, strength: float, clean: torch.Tensor, clean_transformed: torch.Tensor,
+            perturbed_transformed: torch.Tensor) -> TransformedFooling:
+    """The three shares of :class:`TransformedFooling` from the labels (N,) k(x), k(τ(x)) and k(τ(clamp(x + δ)))."""
+    n = max(len(clean), 1)
+    return TransformedFooling(kind, float(strength), (perturbed_transformed != clean_transformed).sum().item() / n,
+                              (perturbed_transformed != clean).sum().item() / n,
+                              (clean_transformed != clean).sum().item() / n, len(clean))
+
+
+def fooling_under(model: Classifier, pixels: torch.Tensor, delta: torch.Tensor, kind: str, strength: float,
+                  precision: str = "fp32", batch_size: int | None = None) -> TransformedFooling:
+    """The held-out fooling ratios of δ (3, H, W) pixel units under the real transformation ``kind`` at
+    ``strength``, on ``pixels`` (N, 3, H, W) uint8 (see :class:`TransformedFooling` and the module docstring).
+    Three passes over the images: clean, transformed clean, transformed perturbed (a caller measuring several δ
+    under one τ computes the first two once: :func:`labels_under`, :func:`compare`)."""
+    clean = labels_under(model, pixels, None, kind, IDENTITY[kind], precision, batch_size)
+    clean_t = labels_under(model, pixels, None, kind, strength, precision, batch_size)
+    return compare(kind, strength, clean, clean_t, labels_under(model, pixels, delta, kind, strength, precision,
+                                                                batch_size))
+
+
+__all__ = ["IDENTITY", "REAL_TRANSFORMS", "TransformedFooling", "compare", "fooling_under", "jpeg_roundtrip",
+           "labels_under", "real_transform"]
