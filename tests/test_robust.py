@@ -18,8 +18,8 @@ from PIL import Image
 
 from uap_core import transforms as T
 from uap_core.errors import ParameterError
-from uap_core.robustness import fooling_under, jpeg_roundtrip, real_transform
-from uap_core.run import Run, RunConfig
+from uap_core.robustness import jpeg_roundtrip, real_transform
+from uap_core.run import RunConfig
 
 
 @pytest.fixture(scope="module")
