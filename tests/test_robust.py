@@ -167,3 +167,29 @@ def test_a_robust_delta_survives_real_jpeg_and_rotation(study):
     plain_turn, robust_turn = fooling(curves, "plain", "rotation", 10), fooling(curves, "rotation", "rotation", 10)
     assert robust_jpeg > plain_jpeg + 0.08, (plain_jpeg, robust_jpeg)
     assert robust_turn > plain_turn + 0.05, (plain_turn, robust_turn)
+
+
+def test_fooling_under_counts_against_the_transformed_clean_image():
+    """fooling_under by hand on the toy classifier: at brightness 0.5 the fooling ratio is the share of images whose
+    label k(τ(clamp(x + δ))) differs from k(τ(x)), the vs-clean ratio from k(x), transform_alone k(τ(x)) ≠ k(x); at
+    the identity it is the plain fooling ratio."""
+    from toys import toy_model
+
+    from uap_core.robustness import fooling_under
+
+    model = toy_model()
+    pixels = torch.randint(0, 256, (40, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    delta = (torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(1)) - 0.5) * 0.4
+    x = pixels.float() / 255
+    with torch.no_grad():
+        clean, clean_t = model(x).argmax(1), model(TF.adjust_brightness(x, 0.5)).argmax(1)
+        perturbed_t = model(TF.adjust_brightness((x + delta).clamp(0, 1), 0.5)).argmax(1)
+        perturbed = model((x + delta).clamp(0, 1)).argmax(1)
+    found = fooling_under(model, pixels, delta, "brightness", 0.5, batch_size=16)
+    share = lambda changed: pytest.approx(changed.sum().item() / 40)  # noqa: E731
+    assert found.count == 40 and found.transform_alone == share(clean_t != clean) and found.transform_alone > 0
+    assert found.fooling_ratio == share(perturbed_t != clean_t)
+    assert found.fooling_ratio_vs_clean == share(perturbed_t != clean)
+    assert found.fooling_ratio != found.fooling_ratio_vs_clean  # here the references differ (0.1 against 0.5)
+    plain = fooling_under(model, pixels, delta, "rotation", 0.0, batch_size=16)
+    assert plain.fooling_ratio == share(perturbed != clean) and plain.transform_alone == 0
