@@ -140,7 +140,7 @@ def test_generate_options_are_the_declared_settings():
     generate = next(a for a in parser._actions if a.dest == "command").choices["generate"]
     options = {action.dest: action for action in generate._actions}
     declared = [spec for spec in describe(RunConfig) if spec["cli"]]
-    assert len(declared) == 21 and options["norm"].choices == list(NORMS)
+    assert len(declared) == 29 and options["norm"].choices == list(NORMS)
     for spec in declared:
         assert options[spec["name"]].option_strings == [spec["flag"]]
         assert options[spec["name"]].choices == (list(spec["choices"]) if spec["choices"] else None)

@@ -15,6 +15,11 @@ one list of attacks, shared tests), on a tiny CPU conv classifier of 8×8 images
    would leave it, continues in a fresh Run (a new model object, new images) to the δ, last δ and history of an
    uninterrupted run, bit for bit: the method's ``state_dict`` holds all it needs.
 
+6. a robust run (``RunConfig.robust``: δ fitted through random transformations) of every method that takes one
+   keeps 1–3 and 5: within budget, same seed same δ, the cost it reports is the one it spends (a view is one
+   image-gradient, as the exact image), and it resumes bit for bit (the views are drawn from the run's generator,
+   which the checkpoint holds); the others refuse it in one line.
+
 A method added to the registry without a row in ``METHODS`` fails ``test_every_registered_method_has_a_row``.
 The toy classifier is a conv net (not ``tests/toys.py``'s linear one): the data-free objectives and SV-UAP read
 conv activations, and GAP's generator needs 8×8 images.
@@ -35,6 +40,7 @@ from uap_core.images import ImageSet
 from uap_core.models import Classifier, ModelSpec
 from uap_core.params import parse_params
 from uap_core.run import Run, RunConfig
+from uap_core.transforms import Robustness
 
 SIZE = 8
 FIT = 8  # fit images of a setup
@@ -115,7 +121,7 @@ def fit_pixels(seed: int = 0, n: int = FIT) -> torch.Tensor:
 
 
 def build(name: str, params: dict, *, norm: str = "linf", seed: int = 0, pixels: torch.Tensor | None = None,
-          model: CountingClassifier | None = None):
+          model: CountingClassifier | None = None, robust: str | None = None):
     """The method on a fresh setup, as the Run builds it: clean labels and (where used) clean logits of the fit
     images; a data-free method is handed the fit images all the same (test 4 checks it does not read them)."""
     model = model or contract_model()
@@ -124,7 +130,8 @@ def build(name: str, params: dict, *, norm: str = "linf", seed: int = 0, pixels:
     with torch.no_grad():
         logits = model(pixels.float() / 255)
     setup = AttackSetup(model, pixels, logits.argmax(1), BUDGETS[norm], norm, None, torch.Generator().manual_seed(seed),
-                        clean_logits=logits if cls.uses_clean_logits else None)
+                        clean_logits=logits if cls.uses_clean_logits else None,
+                        robust=Robustness(robust) if robust else None)
     return cls(setup, parse_params(cls.Params, params))
 
 
@@ -321,3 +328,62 @@ def test_the_classroom_race_counter_by_hand():
     result = Run(config, model=contract_model(), images=images).run_to_end()
     assert result.history[0]["total_steps"] == 63 == result.steps and result.info["epochs"] == 6
     assert result.info["image_gradients"] == 600 and result.reason == "budget"
+
+
+# ---------------------------------------------------------------------------------------------- 6. robust runs
+ROBUST_CASES = [pytest.param(name, params, id=f"{name}-robust") for name, params in METHODS.items()
+                if not ALGORITHMS[name].robust_refusal]
+
+
+def test_the_robust_methods_are_the_gradient_methods():
+    refused = {name for name, cls in ALGORITHMS.items() if cls.robust_refusal}
+    assert refused == {"uap", "sv_uap", "gd_uap", "fff", "trm_uap"}
+    assert {c.values[0] for c in ROBUST_CASES} == set(ALGORITHMS) - refused
+
+
+@pytest.mark.parametrize("name, params", ROBUST_CASES)
+def test_a_robust_method_keeps_its_budget_seed_and_cost(name, params):
+    """The screen-to-camera bundle (every transformation) on the toy: δ within eps after every step and not the
+    plain δ, the same seed the same δ, and every step reports the image-gradients it spent."""
+    plain = deltas_after_steps(name, params)
+    first = deltas_after_steps(name, params, robust="screen")
+    torch.manual_seed(99)
+    again = deltas_after_steps(name, params, robust="screen")
+    for delta in first:
+        assert torch.isfinite(delta).all() and 0 < delta.abs().max().item() <= BUDGETS["linf"] * (1 + 1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(first, again)), f"{name}: same seed, different robust δ"
+    assert not torch.equal(first[-1], plain[-1]), f"{name}: the robust δ is the plain one"
+    model = contract_model()
+    method = build(name, params, model=model, robust="screen")
+    counters = [model] + ([method.working_model] if hasattr(method, "working_model") else [])
+    for batch in batches(method):
+        for counter in counters:
+            counter.gradient_images = counter.weight_gradient_images = 0
+        reported = int(method.step(batch)["image_gradients"])
+        spent = sum(counter.gradient_images + counter.weight_gradient_images for counter in counters)
+        assert reported == spent == method.image_gradients_for_batch(len(batch)), name
+
+
+@pytest.mark.parametrize("name, params", ROBUST_CASES)
+def test_a_robust_run_resumes_bit_for_bit(name, params, tmp_path):
+    config = RunConfig(model="cifar_resnet20", algorithm=name, eps=BUDGETS["linf"], images="toy", fit=12, holdout=12,
+                       seed=0, device="cpu", params=params, eval_every=1, epochs=2, robust="screen")
+    whole = Run(config, model=contract_model(), images=toy_images()).run_to_end()
+    path = tmp_path / f"{name}.checkpoint"
+    run = Run(config, model=contract_model(), images=toy_images(), checkpoints=CheckpointPolicy(path, 1))
+    for event in run.events():
+        if event.kind == "step" and event.step == 3:
+            break
+    resumed = Run.from_checkpoint(path, model=contract_model(), images=toy_images()).run_to_end()
+    assert torch.equal(resumed.delta, whole.delta) and torch.equal(resumed.last_delta, whole.last_delta), name
+    assert resumed.metadata()["robust"]["kind"] == "screen"
+
+
+@pytest.mark.parametrize("name", ["uap", "sv_uap", "gd_uap", "fff", "trm_uap"])
+def test_the_other_methods_refuse_robust_in_one_line(name):
+    from uap_core.errors import ParameterError
+
+    with pytest.raises(ParameterError) as refused:
+        RunConfig(model="cifar_resnet20", algorithm=name, robust="jpeg").validated()
+    message = str(refused.value)
+    assert message.startswith(f"{name} cannot fit a robust δ: ") and "\n" not in message

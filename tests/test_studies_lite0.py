@@ -27,6 +27,9 @@ TINY: dict[str, dict] = {
     "geometry": {"normals": 2, "holdout": 2, "subspace_dims": [1], "norm_scales": [1.0], "draws": 1},
     "finetune": {"method": "sgd_uap", "train": 2, "fit": 2, "holdout": 2, "uap_epochs": 1, "uap_batch_size": 2,
                  "pool": 1, "pool_fit": 1, "rounds": 1, "epochs": 1, "train_batch": 2},
+    "robustness": {"method": "sgd_uap", "robust": ["jpeg"], "fit": 2, "holdout": 3, "epochs": 1, "batch_size": 2,
+                   "jpeg_qualities": [50], "rotations": [10.0], "scales": [1.2], "blur_sigmas": [1.0],
+                   "brightness": [0.6]},
 }
 
 

@@ -88,6 +88,9 @@ def test_form_is_built_from_the_settings_and_a_bad_value_is_one_line(cifar_npz):
     # another study's form: its own settings
     at.selectbox(key="study_pick").set_value("batch_stability").run()
     assert at.text_input(key="study_batch_stability_batch_sizes").value == "10,50,250"
+    at.selectbox(key="study_pick").set_value("robustness").run()  # the registry's newest: its form, from its settings
+    assert not at.exception and at.multiselect(key="study_robustness_robust").value == ["jpeg", "rotation", "screen"]
+    assert at.text_input(key="study_robustness_jpeg_qualities").value == "95,85,75,65,50,40,30"
 
 
 def test_tiny_study_runs_to_the_end_with_figure_and_downloads(cifar_npz):

@@ -113,6 +113,8 @@ def test_generate_defaults(library_dir):
     assert numbers["gen_epochs_sga"] == 20
     assert numbers["gen_augment"] == 0 and numbers["gen_holdout_views"] == 0
     assert selects["gen_keep"] == "best" and selects["gen_compile"] == "auto"
+    assert selects["gen_robust"] == "off" and numbers["gen_robust_jpeg_quality"] == 50  # robust δ: off by default
+    assert numbers["gen_robust_rotation"] == 10.0
     radios = values(at.radio)
     assert radios["gen_images_kind"] == "samples" and radios["gen_norm"] == "linf"
     assert not at.button(key="gen_start").disabled and at.button(key="gen_stop").disabled

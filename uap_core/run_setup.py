@@ -15,6 +15,7 @@ import torch
 
 from . import distributed, memo, metrics
 from .algorithms import AttackSetup, UAPAlgorithm, get_algorithm
+from .transforms import Robustness
 from .errors import ParameterError
 from .evaluation import Evaluation, evaluate, predict_labels, predict_logits, predict_top1
 from .images import ImageSet, ImageStream, load_images, model_geometry, open_stream, should_stream
@@ -146,7 +147,8 @@ def prepare(cfg: RunConfig, model: Classifier | None = None, images: ImageSet | 
         lambda: predict_top1(model, holdout_pixels, None, precision, across_ranks=True, workers=cfg.workers))
     setup = AttackSetup(model, fit_pixels, attack_labels, cfg.eps, cfg.norm, cfg.target, generator, precision,
                         choose_compile(cfg.compile, device),
-                        clean_logits=fit_logits if algorithm_class.uses_clean_logits else None, shard=fit_shard)
+                        clean_logits=fit_logits if algorithm_class.uses_clean_logits else None, shard=fit_shard,
+                        robust=Robustness.from_config(cfg))
     del fit_logits
     algorithm = algorithm_class(setup, params)
     steps_per_epoch = algorithm.steps_per_epoch()

@@ -21,6 +21,7 @@ from .jsonable import jsonable
 from .models import get_spec, resolve_device
 from .params import check_range, describe, param, parse_params, parse_value
 from .provenance import run_provenance
+from .transforms import KINDS as ROBUST_KINDS, robust_fields
 
 KEEP = ("best", "last")
 COMPILE = ("auto", "on", "off")
@@ -107,6 +108,27 @@ class RunConfig:
         label="Budget, image-gradients (0 = by epochs)", step=100,
         hint="Stop once the steps have cost this many forward + backward passes over single images: equal budgets "
              "compare methods at equal cost.")
+    # robust δ by expectation over transformation (uap_core.transforms): off, or the transformation fitted through
+    robust: str = param("off", "fit δ through random transformations of the perturbed image (expectation over "
+                               "transformation): jpeg, rotation, scale, translation, color, blur, or screen (all of "
+                               "them: a photo of a screen); off: the exact pixels", choices=ROBUST_KINDS,
+                        label="Robust to (EOT)",
+                        hint="Fit δ through a random transformation of every perturbed image at every step, so that "
+                             "it survives JPEG, a turned or moved camera, light and blur. Gradient methods only.")
+    robust_jpeg_quality: int = param(50, "robust: lowest JPEG quality drawn (uniform up to 95)", 1, 95,
+                                     label="Robust: lowest JPEG quality")
+    robust_rotation: float = param(10.0, "robust: largest rotation, degrees (uniform in ±)", 0.0, 180.0,
+                                   label="Robust: rotation, degrees")
+    robust_scale: float = param(0.1, "robust: largest relative scaling (uniform in 1 ± this)", 0.0, 0.9,
+                                label="Robust: scale change")
+    robust_translation: float = param(0.05, "robust: largest shift, fraction of the side (uniform in ±, each axis)",
+                                      0.0, 0.5, label="Robust: shift, fraction of the side")
+    robust_brightness: float = param(0.25, "robust: largest brightness change (factor uniform in 1 ± this)", 0.0, 0.9,
+                                     label="Robust: brightness change")
+    robust_contrast: float = param(0.25, "robust: largest contrast change (factor uniform in 1 ± this)", 0.0, 0.9,
+                                   label="Robust: contrast change")
+    robust_blur: float = param(1.0, "robust: largest Gaussian blur σ, pixels of the model's input", 0.0, 10.0,
+                               label="Robust: blur σ, pixels")
     # the algorithm's own hyperparameters: its Params class declares them (their own options and form)
     params: dict[str, Any] = param({}, "the algorithm's hyperparameters", cli=False, form=False)
     # shared with evaluate and transfer: the command line's streaming options (uap_core.__main__)
@@ -133,6 +155,12 @@ class RunConfig:
             raise ParameterError(f"{cfg.algorithm} fits one model at a time; an ensemble ({cfg.model}) needs a "
                                  f"gradient method such as sga or sgd_uap")
         parse_params(algorithm.Params, cfg.params)
+        if cfg.robust != "off":
+            if algorithm.robust_refusal:
+                raise ParameterError(f"{cfg.algorithm} cannot fit a robust δ: {algorithm.robust_refusal}")
+            if distributed.is_active():
+                raise ParameterError("robust runs in one process only (its random views are drawn from one "
+                                     "generator); leave out torchrun or robust")
         if cfg.target is not None:
             if not algorithm.supports_targeted:
                 raise ParameterError(f"{cfg.algorithm} is untargeted only; leave the target class empty")
@@ -204,6 +232,7 @@ class RunResult:
             "model": self.config.model, "algorithm": self.config.algorithm, "eps": self.config.eps,
             "norm": self.config.norm, "seed": self.config.seed, "target": self.config.target,
             "input_size": list(self.delta.shape[1:]),
+            "robust": robust_fields(self.config),  # the transformations δ was fitted through ({"kind": "off"})
             # where, when, how long and by which command (a replay of the saved run says so)
             "recorded": run_provenance(self.config, get_algorithm(self.config.algorithm).Params,
                                        self.info.get("device", "cpu"), self.seconds),

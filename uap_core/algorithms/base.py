@@ -24,6 +24,7 @@ from ..errors import first_line
 from ..evaluation import autocast
 from ..models import Classifier
 from ..params import param
+from ..transforms import Robustness
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class AttackSetup:
     shard: in a multi-process run (torchrun), which block of the fit set this rank holds: ``pixels``,
     ``clean_labels`` and ``clean_logits`` are then that block only, while batch indices keep numbering the whole
     fit set (``shard.total`` images); None in a single process (the block is everything).
+    robust: the random transformations a robust run fits δ through (:class:`uap_core.transforms.Robustness`: one
+    view of every perturbed image per step, drawn from ``generator``), or None: the exact pixels.
     """
 
     model: Classifier
@@ -59,6 +62,7 @@ class AttackSetup:
     compile: bool = False
     clean_logits: torch.Tensor | None = None
     shard: Shard | None = None
+    robust: Robustness | None = None
 
 
 @dataclass
@@ -113,6 +117,9 @@ class UAPAlgorithm:
     supports_ensemble: ClassVar[bool] = True  # its loss goes through loss_and_fooled (averaged over the members)
     takes_sign_steps: ClassVar[bool] = True  # δ moves by quantised sign steps (quantisation error is reported)
     supports_distributed: ClassVar[bool] = False  # runs data-parallel under torchrun (reduces via batch_gradient)
+    # why a robust δ (RunConfig.robust) cannot be fitted by this method, one line; None: it can (its perturbed
+    # images pass through :meth:`view` on their way into the model)
+    robust_refusal: ClassVar[str | None] = None
 
     def __init__(self, setup: AttackSetup, params) -> None:
         self.setup = setup
@@ -130,7 +137,7 @@ class UAPAlgorithm:
         self.planned_epochs = type(self).default_epochs  # what the run plans (:meth:`plan`)
         self.compile_error: str | None = None  # why compiling failed (the eager path is used since)
         self._compiled: Callable | None = None
-        if setup.compile and self.uses_gradient_step:
+        if setup.compile and self.uses_gradient_step and setup.robust is None:  # random views: eager
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._compiled = torch.compile(self.loss_and_fooled, mode=mode, dynamic=False)
 
@@ -192,6 +199,13 @@ class UAPAlgorithm:
         return self.setup.pixels[indices].float().div_(255)
 
     # ------------------------------------------------------------------------------------------ loss and gradient
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model sees of the perturbed images x = clamp(pixels / 255 + δ, 0, 1), (n, 3, H, W): x itself,
+        or — in a robust run (``AttackSetup.robust``) — one random differentiable transformation of each image,
+        drawn from the run's seeded generator (expectation over transformation: the steps ascend E_t[loss(f(t(x)))])."""
+        robust = self.setup.robust
+        return x if robust is None else robust.apply(x, self.setup.generator)
+
     def autocast(self):
         return autocast(self.device, self.setup.precision)
 
@@ -220,7 +234,7 @@ class UAPAlgorithm:
         is the mean of the members' losses, each against its own clean prediction (clean_labels (n, M), clean_logits
         (n, M, C)), and the fooled count the mean of theirs.
         """
-        x = (pixels.float() / 255 + delta).clamp(0, 1).contiguous(memory_format=torch.channels_last)
+        x = self.view((pixels.float() / 255 + delta).clamp(0, 1)).contiguous(memory_format=torch.channels_last)
         members = members_of(self.model)
         if len(members) == 1:
             with self.autocast():

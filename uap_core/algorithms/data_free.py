@@ -69,6 +69,9 @@ class DataFreeAdamUAP(AdamUAPAlgorithm):
     supports_targeted = False  # the objectives know no class
     default_epochs = 1  # one epoch = ``iterations`` updates of δ
     uses_gradient_step = False  # its own forward through hooks; nothing for torch.compile to capture
+    robust_refusal = ("a data-free method maximises activations of δ (alone or on prior images), never a perturbed "
+                      "image's classification, so there is nothing to transform (use a gradient method such as "
+                      "sgd_uap)")
     stop_after_last_layer: ClassVar[bool] = False  # skip the network after the last recorded layer (TRM-UAP)
     saturation_rule: ClassVar[bool] = True
 

@@ -274,7 +274,9 @@ class DMUAP(AdamUAPAlgorithm):
     def delta_gradient(self, x_worst: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                                               torch.Tensor]:
         """Step 3: g = ∇_δ mean min(CE(f_θ'(clamp(X' + δ, 0, 1)), y), β) — the ascended quantity — with the summed
-        clamped CE and the number of images whose label differs from y (on the perturbed model and images)."""
+        clamped CE and the number of images whose label differs from y (on the perturbed model and images). In a robust
+        run (``RunConfig.robust``) the model sees a random transformation of each clamp(X' + δ) (:meth:`view`): only
+        this δ step, as everywhere; the worst-case weights and images are found on the images as they are."""
         gradient = torch.zeros_like(self.delta)
         loss_sum = torch.zeros((), device=self.device)
         fooled = torch.zeros((), device=self.device)
@@ -282,7 +284,8 @@ class DMUAP(AdamUAPAlgorithm):
         for part in self._chunks(len(x_worst)):
             leaf = self.delta.detach().requires_grad_(True)
             with threads_for(x_worst[part].numel(), self.device):
-                perturbed = (x_worst[part] + leaf).clamp(0, 1).contiguous(memory_format=torch.channels_last)
+                perturbed = self.view((x_worst[part] + leaf).clamp(0, 1))  # a robust run: a random view of it
+                perturbed = perturbed.contiguous(memory_format=torch.channels_last)
                 with self.autocast():
                     logits = self.working_model(perturbed)
                 losses = F.cross_entropy(logits.float(), y[part], reduction="none").clamp(max=beta)

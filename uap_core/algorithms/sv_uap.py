@@ -134,6 +134,9 @@ class SVUAP(UAPAlgorithm):
     default_epochs = 1
     uses_gradient_step = False  # J v and Jᵀ w are its own passes: nothing for torch.compile to capture
     supports_ensemble = False  # the Jacobian of one network's hidden layer
+    robust_refusal = ("its δ is a singular vector of the clean images' layer Jacobian, a fixed linear map: no "
+                      "perturbed image passes through the network to be transformed (use a gradient method such as "
+                      "sgd_uap)")
     takes_sign_steps = False  # δ is replaced by eps · v/‖v‖, not moved by sign steps
     Params = SVUAPParams
 

@@ -48,6 +48,8 @@ class UAP(UAPAlgorithm):
     uses_gradient_step = False  # DeepFool per image: data-dependent, nothing to compile
     supports_targeted = False
     supports_ensemble = False  # DeepFool needs one classifier's decision boundary
+    robust_refusal = ("DeepFool adds the minimal step to one image's nearest decision boundary; that geometry has no "
+                      "expectation over random transformations (use a gradient method such as sgd_uap)")
     default_epochs = 10  # passes: the MATLAB code's cap (the Python code has none; ~5 is typical)
 
     def batch_size(self) -> int:

@@ -14,7 +14,8 @@ from ..errors import ParameterError
 from .base import Study, StudyProgress, StudyResult, write_outputs
 
 # module name == study name; the order is the order of the CLI's list and the page's picker
-_MODULES = ("images_needed", "batch_stability", "transfer_ensembles", "dominant_labels", "geometry", "finetune")
+_MODULES = ("images_needed", "batch_stability", "transfer_ensembles", "dominant_labels", "geometry", "finetune",
+            "robustness")
 
 
 def study_names() -> list[str]:

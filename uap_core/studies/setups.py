@@ -51,6 +51,10 @@ _LITE0_OVERRIDES: dict[str, dict[str, Any]] = {
     "finetune": {"model": LITE0, "eps": 10 / 255, "train": 8, "fit": 8, "holdout": 8, "method": "sgd_uap",
                  "uap_epochs": 5, "uap_batch_size": 4, "pool": 2, "pool_fit": 4, "rounds": 1, "epochs": 2,
                  "train_batch": 8},
+    "robustness": {"model": LITE0, "eps": 10 / 255, "method": "sgd_uap", "robust": ["jpeg", "rotation"], "fit": 12,
+                   "holdout": 12, "epochs": 5,
+                   "batch_size": 6, "jpeg_qualities": [95, 75, 50, 30], "rotations": [0.0, 5.0, 10.0, 15.0],
+                   "scales": [0.8, 1.0, 1.2], "blur_sigmas": [0.0, 1.0, 2.0], "brightness": [0.6, 1.0, 1.4]},
 }
 
 SETUPS: dict[str, Setup] = {
