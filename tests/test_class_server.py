@@ -34,9 +34,17 @@ Held to by the load test (it prints its figures; the README's class-server secti
   hash of its ``?ws=`` token) holds exactly the entry it saved, no other visitor has a folder, and the owner's
   library is unchanged.
 
-Measured (``python -m pytest -n 0 tests/test_class_server.py -k mixed -s``), 2 cores, 23 GB RAM:
-MEASURED_FIGURES
-Why all 20 are Chromium pages: MEASURED_CHROMIUM
+Measured (``python -m pytest -n 0 tests/test_class_server.py -k mixed -s``) on 2 cores and 23 GB shared with other
+agents' jobs (load average 8 before, 17 after; 14 and 22 in another run): page response p50 10.7 s, p95 33.8 s
+(37.6 s in the other run), the upload the slowest; results after the action: photo 36–47 s, demo 77–87 s, race
+159–165 s, transfer 183–192 s, study 189–211 s; queue places 1 → … up to 6 → 5 → 4 → 3 → 2 → 1; all finished 329 s
+after the start (369 s in the other run); server VmRSS 728 MB warm, peak 1,820 MB (2,190 MB). The bounds above
+leave about 1.6× margin over the worst measurement.
+
+All 20 are real Chromium pages: 20 pages loading at once timed out (Page.goto over 30 s at a load average of 22);
+three at a time they all opened within 110–136 s (median page load 11–12 s) and then ran side by side to the end.
+The demo keeps its 45-s time limit: on a machine loaded far beyond its cores (load average above 20) it can stop
+after too few steps to beat random noise, which this test then reports.
 """
 
 from __future__ import annotations
@@ -464,13 +472,20 @@ async def _mixed_class(server: dict) -> None:
     from uap_ui.spaces import visitor_folder_name
 
     assert sorted(p.name for p in server["library"].iterdir()) == owner_files, "the owner's library is unchanged"
-    expected = {visitor_folder_name(v.token): v.result["saved"] for v in by_kind["race"]}
-    folders = {p.name: sorted(f.name for f in p.iterdir()) for p in server["visitors"].iterdir() if p.is_dir()}
-    assert set(folders) == set(expected), (sorted(folders), sorted(expected))
-    for folder, name in expected.items():
-        assert folders[folder] == [f"{name}.json", f"{name}.png", f"{name}.safetensors"], folders[folder]
-        meta = json.loads((server["visitors"] / folder / f"{name}.json").read_text())
+    # a visitor's space exists once a page lists their library; only the racers saved anything
+    expected = {visitor_folder_name(v.token): [] for v in visitors}
+    expected.update({visitor_folder_name(v.token): [f"{v.result['saved']}.{ext}" for ext in ("json", "png",
+                                                                                            "safetensors")]
+                     for v in by_kind["race"]})
+    folders = {p.name: sorted(f.name for f in p.iterdir()) for p in server["visitors"].iterdir()}
+    assert set(folders) <= set(expected), "no space but the visitors' own"
+    for v in by_kind["race"]:
+        folder = visitor_folder_name(v.token)
+        assert folders.get(folder) == expected[folder], (v.index, folders.get(folder))
+        meta = json.loads((server["visitors"] / folder / f"{v.result['saved']}.json").read_text())
         assert meta["algorithm"] in ("sga", "sgd_uap") and meta["model"] == "cifar_resnet20", meta
+    for folder, files in folders.items():
+        assert files == expected[folder], (folder, files, "another visitor's entry")
 
 
 # ---------------------------------------------------------------------------------------------- isolation, for real
