@@ -34,11 +34,11 @@ Held to by the load test (it prints its figures; the README's class-server secti
   hash of its ``?ws=`` token) holds exactly the entry it saved, no other visitor has a folder, and the owner's
   library is unchanged.
 
-Measured (``python -m pytest -n 0 tests/test_class_server.py -k mixed -s``) on 2 cores and 23 GB shared with other
-agents' jobs (load average 8 before, 17 after; 14 and 22 in another run): page response p50 10.7 s, p95 33.8 s
-(37.6 s in the other run), the upload the slowest; results after the action: photo 36–47 s, demo 77–87 s,
-race 159–165 s, transfer 183–192 s, study 189–211 s; queue places from 1st up to 6 → 5 → 4 → 3 → 2 → 1; all
-finished 329 s after the start (369 s in the other run); server VmRSS 728 MB warm, peak 1,820 MB (2,190 MB). The
+Measured (``python -m pytest -n 0 tests/test_class_server.py -k mixed -s``: 302 s) on 2 cores and 23 GB shared
+with other agents' jobs (load average 5.0 before, 11.6 after): page response p50 9.3 s, p95 24.8 s (33.8 s and
+37.6 s in runs at load averages 8–22), the photo upload the slowest; results after the action: photo 25–28 s,
+demo 60–69 s, study 78–181 s, transfer 133–175 s, race 160–172 s; queue places from 1st up to 6 → 5 → … → 1; all
+finished 290 s after the start; server VmRSS 728 MB warm, peak 1,837 MB (up to 2,190 MB in the loaded runs). The
 bounds above leave about 1.6× margin over the worst measurement.
 
 All 20 are real Chromium pages: 20 pages loading at once timed out (Page.goto over 30 s at a load average of 22);
