@@ -14,8 +14,9 @@ steps (budget use: at the last step), the held-out fooling ratio, and the second
 
 Each run's time is its own (runs one after another); a race runs them side by side on the same cores.
 
-Measured (2026-12-07, the shared 2-core dev machine at load average 11–17, so the seconds are CPU-seconds, not
-wall-clock), mean ± s.d. over seeds 0, 1, 2:
+Measured (2026-12-07, this 2-core VM idle; ``python bench/stability.py --side-by-side`` and
+``… --fit 300 --holdout 300 --side-by-side``: the six runs started at once, as the app's race starts them), mean ±
+s.d. over seeds 0, 1, 2:
 
 | fit / held-out | run | grad_cosine | update_mean_cosine | budget_use | held-out FR | steps |
 |---|---|---:|---:|---:|---:|---:|
@@ -24,9 +25,9 @@ wall-clock), mean ± s.d. over seeds 0, 1, 2:
 | 500 / 500 | SGD-UAP B 10 | 0.047 ± 0.003 | 0.151 ± 0.009 | 0.770 ± 0.008 | 0.752 ± 0.027 | 150 |
 | 500 / 500 | SGA B 50, m 10, K 4 | 0.211 ± 0.023 | 0.304 ± 0.013 | 0.796 ± 0.009 | 0.752 ± 0.043 | 30 |
 
-Random noise 0.30. All six runs: 120 CPU-seconds at 300 images (about a minute on 2 idle cores with the runs side by
-side), 191 at 500. Both cosines separate the methods on every seed; budget use does not. The charts' default is
-``update_mean_cosine`` (``uap_ui.charts.STABILITY_DEFAULT``).
+Random noise 0.30. The whole 3-seed race, wall-clock on 2 idle cores: 39 s at 300 images, 77 s at 500. Both
+cosines separate the methods on every seed — update_mean_cosine by 0.11 at 300 images (3.9× the larger s.d.) and
+0.15 at 500 (11.8×); budget use does not. The charts' default is ``update_mean_cosine`` (``uap_ui.charts.STABILITY_DEFAULT``).
 """
 
 from __future__ import annotations
