@@ -3,8 +3,9 @@ visitor) with a mixed class of 20 real Chromium pages at once — one Chromium p
 visitor, each on its own ``?ws=`` address (its own workspace and library space):
 
 - 5 press "Run the demo" on Home (identical requests: they share one run),
-- 5 race SGA against SGD-UAP on Generate (the classroom race preset; shared the same way) and each saves a result
-  to the library,
+- 5 race SGA against SGD-UAP on Generate (the classroom preset off: CIFAR-10 ResNet-20 on the CIFAR .npz, one
+  epoch — the Lite0 preset did not finish within 300 s under load; identical requests shared the same way) and each
+  saves a result to the library,
 - 5 upload their own photo (a different one each) in Inspect's "Your own photo" under the owner's saved UAP,
 - 3 run a small study on Studies (images_needed on CIFAR-10 ResNet-20: 2 fit sizes, 1 seed, 100 held-out
   images, 3 steps),
