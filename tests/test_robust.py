@@ -151,7 +151,8 @@ def test_the_study_holds_the_plain_and_robust_curves(study):
         assert row["transform_alone"] == 0 and row["fooling_ratio_vs_clean"] == row["fooling_ratio"]
     assert set(result["summary"]["jpeg"]) == {"plain_mean", "jpeg_mean", "jpeg_gain", "rotation_mean",
                                               "rotation_gain"}
-    assert "plain δ" in html and "robust δ (EOT: jpeg)" in html and "robust δ (EOT: rotation)" in html
+    for name in ("plain δ", "robust δ (EOT: jpeg)", "robust δ (EOT: rotation)"):  # raw, or JSON-escaped (\u03b4)
+        assert name in html or json.dumps(name)[1:-1] in html, name
 
 
 def test_a_robust_delta_survives_real_jpeg_and_rotation(study):
