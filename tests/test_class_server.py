@@ -481,7 +481,11 @@ async def _mixed_class(server: dict) -> None:
     expected.update({visitor_folder_name(v.token): [f"{v.result['saved']}.{ext}" for ext in ("json", "png",
                                                                                             "safetensors")]
                      for v in by_kind["race"]})
-    folders = {p.name: sorted(f.name for f in p.iterdir()) for p in server["visitors"].iterdir()}
+    # (a space's .runs folder holds its kept runs — uap_ui/runstore.py, shown again after a restart — not entries)
+    from uap_ui.saved_runs import RUNS_FOLDER
+
+    folders = {p.name: sorted(f.name for f in p.iterdir() if f.name != RUNS_FOLDER)
+               for p in server["visitors"].iterdir()}
     assert set(folders) <= set(expected), "no space but the visitors' own"
     for v in by_kind["race"]:
         folder = visitor_folder_name(v.token)
