@@ -180,8 +180,9 @@ def live_view() -> None:
                 "error appear here live. Finished runs stay on the charts, so methods can be compared on the same "
                 "axes (try **Race**).", icon=":material/insights:")
         return
+    labels = runview.distinct_labels(snapshots)  # two runs of one method, model and seed: "· run 1", "· run 2"
     for snap in reversed(snapshots):
-        runview.status_line(snap)
+        runview.status_line(snap, labels[snap.id])
     x_axis = st.radio("x axis", list(charts.X_AXES), key="gen_x_axis", horizontal=True,
                       format_func={"step": "steps", "epoch": "epochs (the paper's protocol)",
                                    "image_gradients": "image-gradients (equal cost)"}.get,
@@ -190,7 +191,6 @@ def live_view() -> None:
     if x_axis != "step":
         st.caption(PROTOCOL_CAPTIONS["epochs" if x_axis == "epoch" else "image_gradients"])
     runview.metric_charts(snapshots, key="gen_chart", x_axis=x_axis, groups=st.session_state.get(SEED_GROUPS))
-    labels = {s.id: s.label for s in snapshots}
     shown_id = snapshots[-1].id
     if len(snapshots) > 1:
         shown_id = st.selectbox("Show δ and labels of", list(reversed(list(labels))), format_func=labels.get,
@@ -210,9 +210,10 @@ if finished:
     st.subheader("Results")
     for line in runview.seed_spreads(finished, st.session_state.get(SEED_GROUPS)):
         st.markdown(line)
+    labels = runview.distinct_labels([job.snapshot() for job in workspace.runs_list()])
     for i, (job, snap) in enumerate(reversed(ended)):
         interrupted = snap.state == INTERRUPTED  # by a restart of the server: Resume / Discard
-        with st.expander(f"{snap.label} — {snap.state}", expanded=i == 0 or interrupted):
+        with st.expander(f"{labels.get(snap.id, snap.label)} — {snap.state}", expanded=i == 0 or interrupted):
             if interrupted:
                 runview.interrupted_panel(workspace, job, snap, key=f"gen_result_{snap.id}")
             else:

@@ -18,6 +18,15 @@ os.environ.setdefault("UAP_WARM_DEMO", "0")
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("UAP_SHARED_DIR") or REPO.parent / "shared")
 
+# Playwright's expect() waits 5 s by default; a browser test's page is slower under the other worker's load (CI's
+# 2 cores). A longer wait changes nothing for a check that holds, it only gives a slow page time to get there.
+try:
+    from playwright.sync_api import expect as _playwright_expect  # noqa: E402
+except ImportError:  # the browser tests say so themselves
+    pass
+else:
+    _playwright_expect.set_options(timeout=20_000)
+
 # The cores are shared between pytest-xdist's workers (pytest.ini: -n 2): each worker gets its share, so two workers
 # on 2 cores run one thread each instead of four threads fighting over two cores. Alone: every core.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import ROOT, save_test_uap, streamlit_server
+from ui_helpers import ROOT, save_test_uap, screenshot, streamlit_server
 
 CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))  # Debian's chromium
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -92,7 +92,7 @@ def no_exception(page) -> None:
 
 
 def shot(page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    screenshot(page, SCREENSHOTS / f"{name}.png")
 
 
 def status(page):

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ui_helpers import ROOT, save_test_uap, streamlit_server
+from ui_helpers import ROOT, save_test_uap, screenshot, streamlit_server
 
 CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -182,7 +182,7 @@ def test_camera_photo_of_the_perturbed_image_is_classified_against_the_clean_one
             page.set_viewport_size({"width": 1300, "height": 3000})  # the whole section in one screenshot
             section.evaluate("el => el.scrollIntoView({block: 'center'})")
             page.wait_for_timeout(300)
-            section.screenshot(path=str(SCREENSHOTS / "physical-section-1300px.png"))
+            screenshot(section, SCREENSHOTS / "physical-section-1300px.png")
 
             # full-screen-ready: Streamlit's full-screen button shows the image alone, its pixels kept square
             page.set_viewport_size({"width": 1300, "height": 900})
@@ -194,9 +194,9 @@ def test_camera_photo_of_the_perturbed_image_is_classified_against_the_clean_one
             expect(image).to_have_css("image-rendering", "pixelated")
             page.wait_for_function(
                 "el => el.getBoundingClientRect().height >= 0.9 * window.innerHeight", arg=image.element_handle())
-            page.screenshot(path=str(SCREENSHOTS / "physical-fullscreen-1300px.png"))
+            screenshot(page, SCREENSHOTS / "physical-fullscreen-1300px.png")
         except Exception:
-            page.screenshot(path=str(SCREENSHOTS / "physical-failure.png"))
+            screenshot(page, SCREENSHOTS / "physical-failure.png")
             raise
         finally:
             browser.close()

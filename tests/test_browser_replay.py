@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import ROOT, streamlit_server
+from ui_helpers import ROOT, screenshot, streamlit_server
 
 CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -60,7 +60,7 @@ def test_replay_plays_to_the_end_on_the_recorded_values(tmp_path):
             seconds = max(r.seconds for r in race) / 100
             # back to "Play" when the replay has reached its end
             expect(play).to_contain_text("Play", timeout=(seconds + 30) * 1000)
-            page.screenshot(path=str(SCREENSHOTS / "replay-home.png"))
+            screenshot(page, SCREENSHOTS / "replay-home.png")
             expect(page.get_by_text(f"{race[0].seconds:.0f} s of {race[0].seconds:.0f} s")).to_be_visible(
                 timeout=10_000)
             charts = page.evaluate(CHART_DATA)
@@ -68,7 +68,7 @@ def test_replay_plays_to_the_end_on_the_recorded_values(tmp_path):
             assert held_out, [c["title"] for c in charts]
             last = {t["name"]: t["y"][-1] for t in held_out[-1]["traces"] if t["showlegend"] is not False}
             assert last == pytest.approx(expected)
-            page.screenshot(path=str(SCREENSHOTS / "replay-home.png"))
+            screenshot(page, SCREENSHOTS / "replay-home.png")
             assert page.locator("[data-testid='stException']").count() == 0
         finally:
             browser.close()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from test_browser import TALL, browser, open_page, screenshot_folder, shot, wait_loaded  # noqa: F401 - fixtures
-from ui_helpers import free_port, streamlit_server
+from ui_helpers import free_port, screenshot, streamlit_server
 
 __all__ = ["browser", "screenshot_folder"]
 
@@ -102,7 +102,7 @@ def test_a_restart_under_the_page_keeps_the_result_and_resumes_the_interrupted_r
             page.wait_for_timeout(500)
             shot(page, "restart-2-after-restart")
             panel = page.locator("[data-testid='stExpander']").filter(has_text="Interrupted when the server stopped")
-            panel.screenshot(path=str(screenshot_folder / "restart-2b-interrupted-panel.png"))
+            screenshot(panel, screenshot_folder / "restart-2b-interrupted-panel.png")
 
             print(f"restarted, interrupted run shown after {time.monotonic() - started:.1f} s")
             page.get_by_role("button", name="Resume").click()

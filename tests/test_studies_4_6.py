@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -233,5 +234,6 @@ def test_finetune_refuses_protected_weights_paths(tmp_path):
 def test_finetune_bad_split(cifar_npz):
     study = get_study("finetune")(settings={"images": str(cifar_npz), "train": 1500, "fit": 500, "holdout": 500},
                                   device="cpu")
-    with pytest.raises(ParameterError, match="2500 images but the source has 2000"):
+    with pytest.raises(ParameterError, match=re.escape("finetune needs train + fit + holdout = 1500 + 500 + 500 = "
+                                                      "2500 images; npz ") + ".* has 2000: lower train, fit or holdout"):
         study.run_all()

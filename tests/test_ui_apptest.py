@@ -212,6 +212,30 @@ def test_generate_tiny_run_race_charts_and_save(library_dir):
     assert not status_lines(at)
 
 
+def test_two_runs_of_one_method_model_and_seed_are_told_apart(library_dir, monkeypatch):
+    """The same tiny SGA started twice (same method, model and seed): each run has its own status line, legend
+    entry, δ choice and result, "· run 1" and "· run 2" in the order they were started."""
+    from uap_ui import jobs
+
+    # not the finished identical run of an earlier test in this process (it may carry another label)
+    monkeypatch.setattr(jobs, "SHARED_KEEP_SECONDS", 0.0)
+    at = page("generate").run()
+    _tiny_settings(at)
+    at.button(key="gen_start").click().run()
+    wait_for_runs(at)
+    at.button(key="gen_start").click().run()
+    lines = wait_for_runs(at)
+    assert not at.exception and not at.error
+    label = "SGA · efficientnet_lite0 · seed 0"
+    assert len(lines) == 2
+    assert f"{label} · run 2" in lines[0] and f"{label} · run 1" in lines[1]  # newest first
+    legend = [t["name"] for t in named_traces(figure_titled(at, "Held-out fooling ratio"))]
+    assert sorted(legend) == [f"{label} · run 1", f"{label} · run 2"]
+    assert sorted(at.selectbox(key="gen_detail_run").options) == [f"{label} · run 1", f"{label} · run 2"]
+    titles = [e.label for e in at.expander if e.label.startswith(label)]
+    assert sorted(titles) == [f"{label} · run 1 — done", f"{label} · run 2 — done"]
+
+
 def test_generate_race_with_seeds_draws_bands_on_the_epoch_axis(library_dir):
     """The race in the paper's protocol (the default: equal epochs) with two seeds: SGA and SGD-UAP run once per
     seed; each method is one mean line with its min–max band against epochs, and the results give mean ± s.d."""

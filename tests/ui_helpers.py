@@ -23,6 +23,16 @@ PAGES = {"home": ROOT / "app.py", "generate": ROOT / "pages" / "1_Generate.py",
          "library": ROOT / "pages" / "4_Library.py"}
 
 
+# A screenshot waits for a stable frame. With two live runs on the page and the other pytest-xdist worker driving 20
+# browsers (the load test), a frame can take longer than Playwright's 30 s default on CI's 2 cores: wait longer.
+SCREENSHOT_TIMEOUT_MS = 180_000
+
+
+def screenshot(target: Any, path: Path | str) -> None:
+    """Save a screenshot of ``target`` (a Playwright page or locator) to ``path``, waiting up to 3 minutes."""
+    target.screenshot(path=str(path), timeout=SCREENSHOT_TIMEOUT_MS)
+
+
 def save_test_uap(library_dir: Path, name: str = "test-uap", size: int = 224, eps: float = 10 / 255,
                   seed: int = 0, model: str = "efficientnet_lite0") -> Path:
     """A random ±eps sign pattern saved in a library folder, with metadata (made for ``model``) and a short metric

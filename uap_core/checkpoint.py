@@ -30,8 +30,6 @@ differ, or it was written by another version of the project; a file that is not 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import re
 import time
@@ -39,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import safetensors.torch
 import torch
 
 from . import __version__
@@ -48,6 +45,7 @@ from .atomic import remove_stale_temps, write_files_atomically
 from .errors import ArtifactError, ParameterError, first_line
 from .params import param, parse_params
 from .run_types import RunConfig
+from .tensor_document import NotThisDocument, decode, encode, tensor_digest
 
 log = logging.getLogger(__name__)
 
@@ -196,20 +194,10 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return {k: _decode(item, tensors) for k, item in value.items()}
 
 
-def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def model_digest(model: torch.nn.Module) -> str:
     """SHA-256 (16 hex digits) of a model's parameters and buffers — their names, dtypes, shapes and values —
     whatever device or memory format they are in: the same weights give the same digest everywhere."""
-    return _tensor_digest(dict(model.state_dict()))[:16]
+    return tensor_digest(dict(model.state_dict()))[:16]
 
 
 def _config_json(config: RunConfig) -> dict[str, Any]:
@@ -226,9 +214,7 @@ def encode_checkpoint(config: RunConfig, state: dict[str, Any], model_digest: st
         "step": state["run"]["step"], "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "state": _encode(state, "state", tensors),
     }
-    document["tensor_digest"] = _tensor_digest(tensors)
-    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "checkpoint": json.dumps(document)}
-    return safetensors.torch.save(tensors, metadata=header)
+    return encode(tensors, document, FORMAT, FORMAT_VERSION, "checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -297,26 +283,6 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-class _NotACheckpoint(Exception):
-    """The bytes are readable but are not (or no longer) a checkpoint this version reads."""
-
-
-def _read(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(the JSON document, the tensors) of a checkpoint file's bytes, its checksum verified."""
-    header_size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + header_size])
-    metadata = header.get("__metadata__") or {}
-    if metadata.get("format") != FORMAT:
-        raise _NotACheckpoint("it is not a UAP Explorer checkpoint")
-    if metadata.get("format_version") != str(FORMAT_VERSION):
-        raise _NotACheckpoint(f"format version {metadata.get('format_version')}; this version reads {FORMAT_VERSION}")
-    document = json.loads(metadata["checkpoint"])
-    tensors = safetensors.torch.load(data)
-    if _tensor_digest(tensors) != document["tensor_digest"]:
-        raise _NotACheckpoint("its tensors do not match their checksum: the file is damaged")
-    return document, tensors
-
-
 def load_checkpoint(path: str | Path) -> RunCheckpoint:
     """Read a checkpoint (never unpickles: safetensors and JSON). ArtifactError when the file is missing, damaged or
     not a checkpoint; ParameterError when it was written by another version of the project."""
@@ -326,8 +292,8 @@ def load_checkpoint(path: str | Path) -> RunCheckpoint:
     except OSError as exc:
         raise ArtifactError(f"cannot read the checkpoint {path}: {exc.strerror or first_line(exc)}") from None
     try:
-        document, tensors = _read(data)
-    except _NotACheckpoint as exc:
+        document, tensors = decode(data, FORMAT, FORMAT_VERSION, "checkpoint", "a UAP Explorer checkpoint")
+    except NotThisDocument as exc:
         raise ArtifactError(f"{path} is not a readable checkpoint ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with the bytes, the answer is one line
         raise ArtifactError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {first_line(exc)})") from None

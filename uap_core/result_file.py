@@ -16,12 +16,9 @@ tensors equal the original's. :func:`save_result` writes it through :func:`uap_c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 
 from . import __version__
@@ -30,6 +27,7 @@ from .errors import ArtifactError, first_line
 from .evaluation import Evaluation
 from .metrics import LabelCount, LabelHistogram
 from .run_types import RunConfig, RunResult
+from .tensor_document import NotThisDocument, decode, encode
 
 FORMAT = "uap-explorer-result"
 FORMAT_VERSION = 1
@@ -73,16 +71,6 @@ def _evaluation_from(data: dict[str, Any], key: str, tensors: dict[str, torch.Te
                       **{name: tensors.get(f"{key}.{name}") for name in _EVALUATION_TENSORS})
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def result_to_bytes(result: RunResult, extra: dict[str, Any] | None = None) -> bytes:
     """The file's bytes for ``result``; ``extra``: JSON data of the caller's, read back beside the result."""
     tensors = {"delta": result.delta.detach().to("cpu", copy=True).contiguous()}
@@ -96,26 +84,14 @@ def result_to_bytes(result: RunResult, extra: dict[str, Any] | None = None) -> b
         "random_evaluation": _evaluation(result.random_evaluation, "random_evaluation", tensors),
         "history": result.history, "info": result.info, "extra": extra or {},
     }
-    document["tensor_digest"] = _digest(tensors)
-    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
-              "result": json.dumps(document, default=_plain)}
-    return safetensors.torch.save(tensors, metadata=header)
+    return encode(tensors, document, FORMAT, FORMAT_VERSION, "result", default=_plain)
 
 
 def result_from_bytes(data: bytes, name: str = "the result") -> tuple[RunResult, dict[str, Any]]:
     """(the result, the caller's ``extra``) from a file's bytes; ArtifactError, one line naming ``name``, when they
     are not a readable result (damaged, cut short, another format)."""
     try:
-        header_size = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8:8 + header_size]).get("__metadata__") or {}
-        if metadata.get("format") != FORMAT:
-            raise ValueError("it is not a saved UAP Explorer result")
-        if metadata.get("format_version") != str(FORMAT_VERSION):
-            raise ValueError(f"format version {metadata.get('format_version')}; this version reads {FORMAT_VERSION}")
-        document = json.loads(metadata["result"])
-        tensors = safetensors.torch.load(data)
-        if _digest(tensors) != document["tensor_digest"]:
-            raise ValueError("its tensors do not match their checksum: the file is damaged")
+        document, tensors = decode(data, FORMAT, FORMAT_VERSION, "result", "a saved UAP Explorer result")
         result = RunResult(
             config=RunConfig(**document["config"]), delta=tensors["delta"],
             last_delta=tensors.get("last_delta", tensors["delta"]),
@@ -126,8 +102,7 @@ def result_from_bytes(data: bytes, name: str = "the result") -> tuple[RunResult,
             history=list(document["history"]), info=dict(document["info"]))
         return result, dict(document.get("extra") or {})
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with the bytes, the answer is one line
-        reason = first_line(exc) if isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError) \
-            else f"{type(exc).__name__}: {first_line(exc)}"
+        reason = first_line(exc) if isinstance(exc, NotThisDocument) else f"{type(exc).__name__}: {first_line(exc)}"
         raise ArtifactError(f"{name} is not a readable saved result ({reason})") from None
 
 

@@ -101,18 +101,28 @@ def show_photo_report(report: PhotoReport, key: str) -> None:
                            mime="image/png", on_click="ignore", key=f"{key}_download", icon=":material/download:")
 
 
-def photo_section(key: str, model: Classifier, delta: torch.Tensor, scale: float) -> None:
-    """The whole "your own photo" panel: input, decoding (clear message on a bad file), report."""
+def decoded_photo(key: str, model: Classifier, hint: str) -> torch.Tensor | None:
+    """The photo taken or uploaded in the input ``key`` (:func:`photo_input`), decoded at ``model``'s input size and
+    resize policy: (3, H, W) float in [0, 1]. None while there is none (``hint`` shown as a caption) or when the file
+    cannot be used (one error line saying why)."""
     picked = photo_input(key)
     if picked is None:
-        st.caption("Take or upload a photo to see what the model says of it before and after the perturbation.")
-        return
+        st.caption(hint)
+        return None
     name, data = picked
     size, resize = cache.input_geometry(model.spec.name)
     try:
-        picture = decode_image(data, name, size, resize)
+        return decode_image(data, name, size, resize)
     except UAPError as exc:
         st.error(f"This photo cannot be used: {exc}", icon=":material/error:")
+        return None
+
+
+def photo_section(key: str, model: Classifier, delta: torch.Tensor, scale: float) -> None:
+    """The whole "your own photo" panel: input, decoding (clear message on a bad file), report."""
+    picture = decoded_photo(key, model, "Take or upload a photo to see what the model says of it before and after "
+                                        "the perturbation.")
+    if picture is None:
         return
     report = photo_report(model, picture, delta, scale=scale)
     show_photo_report(report, key)

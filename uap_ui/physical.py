@@ -21,7 +21,7 @@ from uap_core.physical import (PhysicalReport, physical_report, print_png, print
 from uap_core.report import photo_report
 
 from . import analysis, cache
-from .photo import PHOTO_TYPES, figure_html, photo_input, top_table_html
+from .photo import PHOTO_TYPES, decoded_photo, figure_html, top_table_html
 
 NEW_IMAGE_NOTE = ("**The photo is a new image.** δ is not added to it again: the screen or the printer, the "
                   "camera, the light and the angle all change the perturbed pixels, so what the model says of the "
@@ -142,15 +142,7 @@ def physical_section(key: str, model: Classifier, delta: torch.Tensor, scale: fl
 
     st.markdown("#### Take a photo of it")
     st.info(NEW_IMAGE_NOTE, icon=":material/photo_camera:")
-    shot = photo_input(f"{key}_photo")
-    if shot is None:
-        st.caption("Take or upload a photo of the image on the screen or the paper.")
-        return
-    photo_name, data = shot
-    size_px, resize = cache.input_geometry(model.spec.name)
-    try:
-        photo = decode_image(data, photo_name, size_px, resize)
-    except UAPError as exc:
-        st.error(f"This photo cannot be used: {exc}", icon=":material/error:")
+    photo = decoded_photo(f"{key}_photo", model, "Take or upload a photo of the image on the screen or the paper.")
+    if photo is None:
         return
     show_physical_report(physical_report(model, picture, delta, photo, scale=scale))

@@ -8,7 +8,7 @@ import hashlib
 import json
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Sequence
 
 import streamlit as st
@@ -57,17 +57,34 @@ def seed_group(label: str) -> str | None:
     return re.sub(r" · seed \d+", "", label) if re.search(r"seeds [\d,]+\)$", label) else None
 
 
+def distinct_labels(snapshots: Sequence[JobSnapshot]) -> dict[int, str]:
+    """Job id → the label a page shows for it. A label that several of the runs share (the same method, model and
+    seed started twice, perhaps with other settings) gets " · run k", k counting those runs in the order they were
+    started, so that each has its own legend entry, status line and result; a label of its own is kept as it is."""
+    counts = Counter(s.label for s in snapshots)
+    nth: Counter[str] = Counter()
+    shown = {}
+    for snap in sorted(snapshots, key=lambda s: (s.created, s.id)):
+        if counts[snap.label] > 1:
+            nth[snap.label] += 1
+            shown[snap.id] = f"{snap.label} · run {nth[snap.label]}"
+        else:
+            shown[snap.id] = snap.label
+    return shown
+
+
 def series(snapshots: Sequence[JobSnapshot], groups: dict[int, str] | None = None) -> list[charts.RunSeries]:
     """Chart series of the runs, coloured by their position (the same colour on every chart; the seeds of one
     setting share their first run's colour and are drawn as one mean line and band). ``groups``: job id → the
     group a page started it in (a run reused from an earlier request keeps its own label), else by label."""
     out, colors = [], {}
+    labels = distinct_labels(snapshots)
     for i, s in enumerate(snapshots):
         group = (groups or {}).get(s.id) or seed_group(s.label)
         color = colors.setdefault(group, charts.color_for(len(colors))) if group else charts.color_for(len(colors))
         if not group:
             colors[f"run {i}"] = color
-        out.append(charts.RunSeries(s.label, s.events, color, s.active, group))
+        out.append(charts.RunSeries(labels[s.id], s.events, color, s.active, group))
     return out
 
 
@@ -90,9 +107,10 @@ def seed_spreads(snapshots: Sequence[JobSnapshot], groups: dict[int, str] | None
     return lines
 
 
-def status_line(snap: JobSnapshot) -> None:
-    """State, progress and the latest numbers of one run, in one line (plus a progress bar while it runs)."""
-    parts = [STATE_BADGES.get(snap.state, snap.state), f"**{snap.label}**"]
+def status_line(snap: JobSnapshot, label: str | None = None) -> None:
+    """State, progress and the latest numbers of one run, in one line (plus a progress bar while it runs);
+    ``label``: the run's label on this page (:func:`distinct_labels`), else its own."""
+    parts = [STATE_BADGES.get(snap.state, snap.state), f"**{label or snap.label}**"]
     total = snap.total_steps
     last_step = snap.last_step
     step = last_step["step"] if last_step else 0

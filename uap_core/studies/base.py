@@ -175,6 +175,40 @@ class Study:
     def _run(self) -> Iterator[tuple[float, str]]:
         raise NotImplementedError
 
+    def run_device(self) -> Any:  # -> torch.device
+        """The device the study runs on: the ``device`` setting when the study was made with "auto" (the GPU when
+        there is one), else the device it was made with; kept in ``self.device`` for the result's environment."""
+        from ..models import resolve_device
+
+        setting = getattr(self.settings, "device", "auto")
+        device = resolve_device(setting if self.device in (None, "auto") else self.device)
+        self.device = str(device)
+        return device
+
+    def load_model_and_images(self, model_name: str, prepare: bool = False) -> tuple[Any, Any]:
+        """(the model on :meth:`run_device`, the settings' ``images`` decoded at its input size and resize policy);
+        ``prepare``: the model frozen and channels_last (:func:`uap_core.models.prepare_model`), for a study that
+        computes with it itself rather than through a :class:`~uap_core.run.Run` (which prepares its own)."""
+        from ..models import load_model
+        from ..run_setup import prepare_model
+        from ..transfer import images_for
+
+        device = self.run_device()
+        model = load_model(model_name, device)
+        if prepare:
+            model = prepare_model(model, device)
+        return model, images_for(model, self.settings.images)
+
+    def check_split(self, images: Any, **parts: int) -> None:
+        """ParameterError, naming the parts (setting name → images it takes), when the image source holds fewer
+        images than they add up to."""
+        needed = sum(parts.values())
+        if needed > len(images):
+            names = [name.replace("_", " ") for name in parts]
+            lower = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+            raise ParameterError(f"{self.name} needs {' + '.join(names)} = {' + '.join(map(str, parts.values()))} = "
+                                 f"{needed} images; {images.source} has {len(images)}: lower {lower}")
+
     def images_required(self) -> int:
         """How many images the image source must hold for these settings (the parts the study splits it into):
         ``fit + holdout`` unless a study says otherwise. What :mod:`uap_core.studies.needs` reports before a run."""

@@ -122,19 +122,12 @@ class BatchStability(Study):
 
     # ------------------------------------------------------------------------------------------ the work
     def _run(self) -> Iterator[tuple[float, str]]:
-        from ..models import load_model
         from ..run import Run, RunConfig
-        from ..transfer import images_for
 
         s = self.settings
-        device = resolve_device(s.device if self.device in (None, "auto") else self.device)
-        self.device = str(device)
         yield 0.0, f"loading {s.model} and the images"
-        model = load_model(s.model, device)
-        images = images_for(model, s.images)
-        if s.fit + s.holdout > len(images):
-            raise ParameterError(f"batch_stability needs fit + holdout = {s.fit + s.holdout} images; "
-                                 f"{images.source} has {len(images)}")
+        model, images = self.load_model_and_images(s.model)
+        self.check_split(images, fit=s.fit, holdout=s.holdout)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
         split = fixed_split(images.subset(order[s.holdout:s.holdout + s.fit]), images.subset(order[:s.holdout]))
 
@@ -147,7 +140,7 @@ class BatchStability(Study):
             if method == "sga":
                 params.update(minibatch_size=minibatch, inner_passes=s.inner_passes)
             config = RunConfig(model=s.model, algorithm=method, eps=s.eps, norm=s.norm, images=images.source,
-                               fit=s.fit, holdout=s.holdout, seed=seed, device=str(device), params=params,
+                               fit=s.fit, holdout=s.holdout, seed=seed, device=self.device, params=params,
                                max_image_gradients=s.budget, keep="last")
             run = Run(config, model=model, images=split)
             steps: list[dict[str, Any]] = []

@@ -65,11 +65,11 @@ from ..algorithms import ALGORITHMS, get_algorithm
 from ..artifacts import load_uap
 from ..errors import ArtifactError, ParameterError
 from ..evaluation import predict_logits
-from ..images import ImageSet, load_images
+from ..images import ImageSet
 from ..library import CombinedLibrary, UAPLibrary, library_root, shipped_library
-from ..models import Classifier, get_spec, load_model, resolve_device
+from ..models import Classifier, get_spec
 from ..params import param
-from ..run import Run, RunConfig, prepare_model
+from ..run import Run, RunConfig
 from ..run_types import NORMS
 from .base import CIFAR_TEST_IMAGES, Study, StudyResult
 
@@ -80,20 +80,6 @@ def check_model(name: str) -> None:
     spec = get_spec(name)
     if spec.family == "ensemble":
         raise ParameterError(f"this study takes one model, not an ensemble ({name})")
-
-
-def load_model_and_images(model_name: str, images: str, device: torch.device) -> tuple[Classifier, ImageSet]:
-    """The model (frozen, on ``device``, channels_last) and the image source decoded at its input size."""
-    model = prepare_model(load_model(model_name, device), device)
-    spec = model.spec
-    return model, load_images(images, spec.input_size, spec.resize_size, list(spec.class_names))
-
-
-def check_split(images: ImageSet, *counts: int) -> None:
-    """ParameterError when the image source has fewer images than the parts asked for."""
-    if sum(counts) > len(images):
-        raise ParameterError(f"the split asks for {' + '.join(map(str, counts))} = {sum(counts)} images but the "
-                             f"source has {len(images)}; lower the counts")
 
 
 def held_out_only(images: ImageSet, fit: int, holdout: int, seed: int) -> ImageSet:
@@ -204,9 +190,9 @@ class DominantLabels(Study):
     # ------------------------------------------------------------------------------------------ the work
     def _run(self) -> Iterator[tuple[float, str]]:
         s = self.settings
-        device = resolve_device(self.device)
+        device = self.run_device()
         yield 0.0, "loading the model and images"
-        model, images = load_model_and_images(s.model, s.images, device)
+        model, images = self.load_model_and_images(s.model, prepare=True)
         spec = model.spec
         if s.uap:
             path = resolve_uap_path(s.uap)
@@ -216,12 +202,12 @@ class DominantLabels(Study):
                 raise ParameterError(f"uap {s.uap!r}: {e}") from None
             delta = artifact.delta.to(device)
             norm = artifact.metadata.get("norm") if artifact.metadata.get("norm") in ("linf", "l2") else s.norm
-            check_split(images, s.holdout)  # nothing is fitted: every image may be held out
+            self.check_split(images, holdout=s.holdout)  # nothing is fitted: every image may be held out
             holdout = held_out_only(images, s.fit, s.holdout, s.seed)
             self.info.update(uap_source=str(path), uap_model=artifact.metadata.get("model"),
                              uap_algorithm=artifact.metadata.get("algorithm"), fit_images=None)
         else:
-            check_split(images, s.fit, s.holdout)
+            self.check_split(images, fit=s.fit, holdout=s.holdout)
             config = RunConfig(model=s.model, algorithm=s.method, eps=s.eps, norm=s.norm, images=s.images,
                                fit=s.fit, holdout=s.holdout, seed=s.seed, device=str(device),
                                epochs=s.epochs or None, params=method_params(s.method, s.batch_size),

@@ -71,12 +71,12 @@ import torch.nn.functional as F
 from ..algorithms import ALGORITHMS
 from ..errors import ParameterError
 from ..evaluation import evaluate, predict_labels
-from ..models import Classifier, find_weights, get_spec, resolve_device, weights_dirs
+from ..models import Classifier, find_weights, get_spec, weights_dirs
 from ..params import param
 from ..run import Run, RunConfig
 from ..run_types import NORMS
 from .base import CIFAR_TEST_IMAGES, SHARED_DIR, Study, StudyResult
-from .dominant_labels import check_model, check_split, fit_uap, load_model_and_images, method_params, random_like
+from .dominant_labels import check_model, fit_uap, method_params, random_like
 
 @dataclass
 class FinetuneSettings:
@@ -136,10 +136,10 @@ class Finetune(Study):
 
     def _run(self) -> Iterator[tuple[float, str]]:
         s = self.settings
-        device = resolve_device(self.device)
+        device = self.run_device()
         yield 0.0, "loading the model and images"
-        original, images = load_model_and_images(s.model, s.images, device)
-        check_split(images, s.train, s.fit, s.holdout)
+        original, images = self.load_model_and_images(s.model, prepare=True)
+        self.check_split(images, train=s.train, fit=s.fit, holdout=s.holdout)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(s.seed))
         train_set = images.subset(order[:s.train])
         attack_set = images.subset(order[s.train:s.train + s.fit + s.holdout])

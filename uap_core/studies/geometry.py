@@ -62,10 +62,10 @@ from ..algorithms import AttackSetup
 from ..algorithms.uap import UAP, UAPParams
 from ..errors import ParameterError
 from ..evaluation import predict_labels
-from ..models import Classifier, resolve_device
+from ..models import Classifier
 from ..params import param
 from .base import CIFAR_TEST_IMAGES, Study, StudyResult
-from .dominant_labels import check_model, check_split, load_model_and_images
+from .dominant_labels import check_model
 
 PAPER_XI = 2000 / 255  # the paper's L2 norm in pixel units at 224×224×3
 PAPER_DIM = 3 * 224 * 224
@@ -113,10 +113,10 @@ class Geometry(Study):
 
     def _run(self) -> Iterator[tuple[float, str]]:
         s = self.settings
-        device = resolve_device(self.device)
+        device = self.run_device()
         yield 0.0, "loading the model and images"
-        model, images = load_model_and_images(s.model, s.images, device)
-        check_split(images, s.normals, s.holdout)
+        model, images = self.load_model_and_images(s.model, prepare=True)
+        self.check_split(images, normals=s.normals, holdout=s.holdout)
         fit, holdout = images.split(s.normals, s.holdout, s.seed)
         dimension = int(fit.pixels[0].numel())
 

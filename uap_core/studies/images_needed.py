@@ -147,20 +147,13 @@ class ImagesNeeded(Study):
 
     # ------------------------------------------------------------------------------------------ the work
     def _run(self) -> Iterator[tuple[float, str]]:
-        from ..models import load_model
         from ..run import Run, RunConfig
-        from ..transfer import images_for
 
         s = self.settings
-        device = resolve_device(s.device if self.device in (None, "auto") else self.device)
-        self.device = str(device)
         sizes = sorted(set(s.fit_sizes))
         yield 0.0, f"loading {s.model} and the images"
-        model = load_model(s.model, device)
-        images = images_for(model, s.images)
-        if s.holdout + sizes[-1] > len(images):
-            raise ParameterError(f"images_needed needs holdout + the largest fit size = {s.holdout} + {sizes[-1]} "
-                                 f"images; {images.source} has {len(images)}: lower holdout or fit_sizes")
+        model, images = self.load_model_and_images(s.model)
+        self.check_split(images, holdout=s.holdout, fit_sizes=sizes[-1])  # the largest fit size
         holdout_idx, fit_orders = split_plan(len(images), s.holdout, s.seeds)
         holdout_set = images.subset(holdout_idx)
 
@@ -172,7 +165,7 @@ class ImagesNeeded(Study):
                 return
             fit_order = fit_orders[seed]
             config = RunConfig(model=s.model, algorithm=method, eps=s.eps, norm=s.norm, images=images.source,
-                               fit=n, holdout=s.holdout, seed=seed, device=str(device),
+                               fit=n, holdout=s.holdout, seed=seed, device=self.device,
                                epochs=planned_epochs(method, n, s.epochs, s.min_steps),
                                max_image_gradients=s.max_image_gradients or None, keep="last",
                                eval_every=100_000_000)

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..algorithms import ALGORITHMS
-from ..errors import ParameterError
 from ..models import get_spec, resolve_device
 from ..params import param
 from ..robustness import REAL_TRANSFORMS, compare, labels_under
@@ -104,19 +103,12 @@ class RobustnessStudy(Study):
 
     # ------------------------------------------------------------------------------------------ the work
     def _run(self) -> Iterator[tuple[float, str]]:
-        from ..models import load_model
         from ..run import Run, RunConfig
-        from ..transfer import images_for
 
         s = self.settings
-        device = resolve_device(s.device if self.device in (None, "auto") else self.device)
-        self.device = str(device)
         yield 0.0, f"loading {s.model} and the images"
-        model = load_model(s.model, device)
-        images = images_for(model, s.images)
-        if s.fit + s.holdout > len(images):
-            raise ParameterError(f"robustness needs fit + holdout = {s.fit} + {s.holdout} images; {images.source} "
-                                 f"has {len(images)}: lower fit or holdout")
+        model, images = self.load_model_and_images(s.model)
+        self.check_split(images, fit=s.fit, holdout=s.holdout)
         fields = ALGORITHMS[s.method].Params.__dataclass_fields__
         params = {"batch_size": s.batch_size} if s.batch_size else {}
         if s.momentum and "momentum" in fields:
@@ -127,7 +119,7 @@ class RobustnessStudy(Study):
         for i, robust in enumerate(kinds):
             label = "plain δ" if robust == "off" else f"robust δ ({robust})"
             config = RunConfig(model=s.model, algorithm=s.method, eps=s.eps, norm=s.norm, images=images.source,
-                               fit=s.fit, holdout=s.holdout, seed=s.seed, device=str(device),
+                               fit=s.fit, holdout=s.holdout, seed=s.seed, device=self.device,
                                epochs=s.epochs or None, keep="last", eval_every=100_000_000, params=params,
                                robust=robust)
             run = Run(config, model=model, images=images)

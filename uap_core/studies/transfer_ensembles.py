@@ -155,8 +155,7 @@ class TransferEnsembles(Study):
         from ..transfer import images_for, transfer_matrix
 
         s = self.settings
-        device = resolve_device(s.device if self.device in (None, "auto") else self.device)
-        self.device = str(device)
+        device = self.run_device()
         yield 0.0, "loading the models and the images"
         singles: dict[str, Any] = {}
         for name in dict.fromkeys([n for m in [*s.surrogates, *s.targets] for n in member_names(model_name(m))]):
@@ -175,9 +174,7 @@ class TransferEnsembles(Study):
             return decoded[size]
 
         first = images_at(model_of(s.surrogates[0]))
-        if s.fit + s.holdout > len(first):
-            raise ParameterError(f"transfer_ensembles needs fit + holdout = {s.fit + s.holdout} images; "
-                                 f"{first.source} has {len(first)}")
+        self.check_split(first, fit=s.fit, holdout=s.holdout)
         order = torch.randperm(len(first), generator=torch.Generator().manual_seed(SPLIT_SEED))
         holdout_idx, fit_idx = order[:s.holdout], order[s.holdout:s.holdout + s.fit]
         target_models = {t: model_of(t) for t in s.targets}
