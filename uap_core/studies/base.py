@@ -29,12 +29,18 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from ..datasets import CIFAR10_TEST
 from ..errors import ParameterError
 from ..jsonable import jsonable
 from ..params import parse_params
+
+if TYPE_CHECKING:  # for the type hints only: the study modules import torch and the models lazily
+    import torch
+
+    from ..images import ImageSet
+    from ..models import Classifier
 
 PROGRESS_SECONDS = 0.5  # at most this long between progress reports while a study fits a UAP
 
@@ -175,7 +181,7 @@ class Study:
     def _run(self) -> Iterator[tuple[float, str]]:
         raise NotImplementedError
 
-    def run_device(self) -> Any:  # -> torch.device
+    def run_device(self) -> "torch.device":
         """The device the study runs on: the ``device`` setting when the study was made with "auto" (the GPU when
         there is one), else the device it was made with; kept in ``self.device`` for the result's environment."""
         from ..models import resolve_device
@@ -185,10 +191,11 @@ class Study:
         self.device = str(device)
         return device
 
-    def load_model_and_images(self, model_name: str, prepare: bool = False) -> tuple[Any, Any]:
-        """(the model on :meth:`run_device`, the settings' ``images`` decoded at its input size and resize policy);
-        ``prepare``: the model frozen and channels_last (:func:`uap_core.models.prepare_model`), for a study that
-        computes with it itself rather than through a :class:`~uap_core.run.Run` (which prepares its own)."""
+    def load_model_and_images(self, model_name: str, prepare: bool = False) -> tuple["Classifier", "ImageSet"]:
+        """(the model on :meth:`run_device`, the settings' ``images`` decoded at its input size and resize policy:
+        pixels (N, 3, H, W) in [0, 1]); ``prepare``: the model channels_last on the device
+        (:func:`uap_core.run_setup.prepare_model`), for a study that computes with it itself rather than through a
+        :class:`~uap_core.run.Run` (which prepares its own)."""
         from ..models import load_model
         from ..run_setup import prepare_model
         from ..transfer import images_for
@@ -199,7 +206,7 @@ class Study:
             model = prepare_model(model, device)
         return model, images_for(model, self.settings.images)
 
-    def check_split(self, images: Any, **parts: int) -> None:
+    def check_split(self, images: "ImageSet", **parts: int) -> None:
         """ParameterError, naming the parts (setting name → images it takes), when the image source holds fewer
         images than they add up to."""
         needed = sum(parts.values())
