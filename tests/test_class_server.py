@@ -52,6 +52,7 @@ after too few steps to beat random noise, which this test then reports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -80,6 +81,11 @@ CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 VIEWPORT = {"width": 1400, "height": 2400}  # Streamlit scrolls in its own container: a tall window shows it all
 SAMPLE_SECONDS = 1.5  # how often a following visitor reads its page (queue places, the result)
+# Playwright's 30 s default for a click, a fill or an upload is too short while 19 other pages act at once on CI's
+# 2 cores with the other pytest-xdist worker busy (a CI run timed out waiting for the photo page's file input): an
+# action may wait this long; the time it waits counts in its page response.
+ACTION_SECONDS = 120
+FAILURES = ROOT / "test-artifacts" / "load"  # a failed visitor's screenshot and page text, to see why
 PHOTOS = ["imagenet_00_243.jpg", "imagenet_01_559.jpg", "imagenet_02_438.jpg", "imagenet_03_990.jpg",
           "imagenet_04_949.jpg"]
 QUEUE = re.compile(r"in queue: (\d+)(?:st|nd|rd|th)")
@@ -314,6 +320,23 @@ async def _transfer(v: Visitor, url: str, server: dict, go) -> None:
     v.result = {"csv": rows, "tables": await page.locator("[data-testid='stDataFrame']").count()}
 
 
+async def _keep_failure(v: Visitor) -> None:
+    """Save what a failed visitor's page showed (screenshot, its main text, Streamlit's connection and script
+    state) under FAILURES, so that a failure on CI says why."""
+    FAILURES.mkdir(parents=True, exist_ok=True)
+    stem = FAILURES / f"{v.kind}-{v.index}"
+    with contextlib.suppress(Exception):
+        state = await v.page.evaluate("""() => {
+            const app = document.querySelector("[data-testid='stApp']");
+            return {url: location.href, connection: app && app.dataset.testConnectionState,
+                    script: app && app.dataset.testScriptState, text: document.body.innerText};
+        }""")
+        stem.with_suffix(".txt").write_text(json.dumps(state, indent=1))
+        _log(v, f"failed; page state in {stem}.txt: connection {state['connection']}, script {state['script']}")
+    with contextlib.suppress(Exception):
+        await v.page.screenshot(path=str(stem.with_suffix(".png")), timeout=60_000)
+
+
 SCRIPTS = {"demo": _demo, "race": _race, "photo": _photo, "study": _study, "transfer": _transfer}
 
 
@@ -377,13 +400,16 @@ async def _mixed_class(server: dict) -> None:
         try:
             for visitor in visitors:
                 context = await browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+                context.set_default_timeout(ACTION_SECONDS * 1000)
                 visitor.page = await context.new_page()
+
             async def visit(v: Visitor) -> None:
                 try:
                     await SCRIPTS[v.kind](v, url, server, go)
                 except BaseException:
                     start_at.append(time.monotonic())  # a visitor failed: the others need not wait for it
                     all_open.set()
+                    await _keep_failure(v)
                     raise
 
             tasks = [asyncio.create_task(visit(v)) for v in visitors]
