@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import ROOT, save_test_uap, screenshot, streamlit_server
+from ui_helpers import ROOT, patient, save_test_uap, screenshot, streamlit_server
 
 CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))  # Debian's chromium
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -105,7 +105,7 @@ def status(page):
 def test_demo_end_to_end_and_refresh(browser, server):
     from playwright.sync_api import expect
 
-    context = browser.new_context()
+    context = patient(browser.new_context())
     try:
         page = open_page(context, server, TALL)
         no_exception(page)
@@ -135,7 +135,7 @@ def test_demo_end_to_end_and_refresh(browser, server):
         context.close()
     # another visitor on the now warm server (shared runs off here: UAP_SHARED_KEEP_SECONDS=0) runs it anew;
     # the model is loaded and the clean predictions are memoised (uap_core/memo.py)
-    context = browser.new_context()
+    context = patient(browser.new_context())
     try:
         page = open_page(context, server, TALL)
         started = time.monotonic()
@@ -161,7 +161,7 @@ def test_demo_end_to_end_and_refresh(browser, server):
 def test_page_opens(browser, server, path, heading):
     from playwright.sync_api import expect
 
-    context = browser.new_context()
+    context = patient(browser.new_context())
     try:
         page = open_page(context, f"{server}/{path}", TALL)  # a deep link, as a bookmark would open it
         expect(page.get_by_role("heading", name=heading).first).to_be_visible(timeout=30_000)
@@ -196,7 +196,7 @@ def test_two_sessions_run_at_once(browser, server):
     finishes, B's Stop ends B's run only, and neither sees the other's run."""
     from playwright.sync_api import expect
 
-    context_a, context_b = browser.new_context(), browser.new_context()
+    context_a, context_b = patient(browser.new_context()), patient(browser.new_context())
     try:
         page_b = open_page(context_b, server, TALL)
         page_a = open_page(context_a, f"{server}/Generate", TALL)
@@ -245,7 +245,7 @@ def test_race_preset_live_on_the_epoch_axis(browser, server):
     protocol; then Stop."""
     from playwright.sync_api import expect
 
-    context = browser.new_context()
+    context = patient(browser.new_context())
     try:
         page = open_page(context, f"{server}/Generate", TALL)
         page.get_by_text("Race methods").click()
@@ -280,7 +280,7 @@ def test_own_photo_tables_fit_a_1300_px_window(browser, server):
     samples = load_samples(224, 256, None)
     name = next(n for n in samples.names if n.startswith("foolbox/"))
     path = Path(__import__("foolbox").__file__).parent / "data" / name.split("/")[-1]
-    context = browser.new_context()
+    context = patient(browser.new_context())
     try:
         page = context.new_page()  # the Inspect page also measures 50 images: a loaded machine needs longer
         page.set_viewport_size({"width": 1300, "height": 2400})
@@ -337,7 +337,7 @@ def test_new_user_flips_the_label_of_their_own_photo(browser, server, tmp_path):
                 break
     assert photo is not None, "the shipped δ flips at least one embedded sample photo"
     path, report = photo
-    context = browser.new_context()
+    context = patient(browser.new_context())
     try:
         page = open_page(context, f"{server}/Inspect", {"width": 412, "height": 2400})  # a phone's width
         expect(page.get_by_role("heading", name="Your own photo")).to_be_visible(timeout=60_000)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ui_helpers import ROOT, save_test_uap, screenshot, streamlit_server
+from ui_helpers import ROOT, patient, save_test_uap, screenshot, streamlit_server
 
 CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -102,8 +102,8 @@ def test_camera_photo_of_the_perturbed_image_is_classified_against_the_clean_one
                           f"--use-file-for-fake-video-capture={camera_file}"]
     with streamlit_server(tmp_path, env) as (url, _), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        page = browser.new_context(viewport={"width": 1300, "height": 1000}, permissions=["camera"],
-                                   accept_downloads=True).new_page()
+        page = patient(browser.new_context(viewport={"width": 1300, "height": 1000},
+                                           permissions=["camera"], accept_downloads=True)).new_page()
         try:
             page.goto(f"{url}/Inspect")
             idle = page.locator("[data-testid='stApp'][data-test-script-state='notRunning']")

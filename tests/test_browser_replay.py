@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import ROOT, screenshot, streamlit_server
+from ui_helpers import ROOT, patient, screenshot, streamlit_server
 
 CHROMIUM = Path(os.environ.get("UAP_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -44,7 +44,7 @@ def test_replay_plays_to_the_end_on_the_recorded_values(tmp_path):
     with streamlit_server(tmp_path, env) as (url, _), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
-            page = browser.new_page(viewport=TALL)
+            page = patient(browser.new_page(viewport=TALL))
             page.goto(url)
             expect(page.locator("[data-testid='stApp'][data-test-script-state='notRunning']")).to_have_count(
                 1, timeout=60_000)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from test_browser import TALL, browser, open_page, screenshot_folder, shot, wait_loaded  # noqa: F401 - fixtures
-from ui_helpers import free_port, screenshot, streamlit_server
+from ui_helpers import free_port, patient, screenshot, streamlit_server
 
 __all__ = ["browser", "screenshot_folder"]
 
@@ -64,7 +64,7 @@ def test_a_restart_under_the_page_keeps_the_result_and_resumes_the_interrupted_r
     library = tmp_path / "library"
     env = {"UAP_LIBRARY_DIR": str(library), "UAP_SHARED_KEEP_SECONDS": "0", "UAP_CHECKPOINT_SECONDS": "3600"}
     port = free_port()
-    context = browser.new_context()
+    context = patient(browser.new_context())
     try:
         started = time.monotonic()
         with streamlit_server(tmp_path, env, port=port) as (url, pid):

@@ -90,6 +90,19 @@ def test_stop_from_another_thread_keeps_the_best_so_far(cifar_config):
     assert result.delta.abs().max() > 0 and result.delta.abs().max() <= 8 / 255 + 1e-7
 
 
+def test_a_time_limit_shorter_than_the_preparation_still_makes_one_step(cifar_config):
+    """The time limit counts from the start, preparation included (clean passes, the random-noise baseline); on a
+    loaded class server the preparation alone can outlast the demo's limit. The run then makes one step and
+    evaluates it, instead of ending with the untouched δ and no step; later steps are cut as before."""
+    run = Run(RunConfig(**{**cifar_config.__dict__, "epochs": 50, "max_seconds": 1e-6}))
+    events = list(run.events())
+    result = run.result
+    assert result.reason == "time limit" and result.steps == 1
+    assert [(e.kind, e.step) for e in events if e.kind in ("step", "eval")] == [("step", 1), ("eval", 1)]
+    assert result.delta.abs().max() > 0 and result.delta.abs().max() <= 8 / 255 + 1e-7
+    assert events[-1].data["fooling_ratio"] == result.evaluation.fooling_ratio
+
+
 def test_out_of_memory_backs_off_then_stops_keeping_delta(cifar_config, monkeypatch):
     """Simulated CUDA out-of-memory: a forward of more than 12 images fails. Evaluation halves its batch,
     a gradient step splits its batch into chunks; when even one image fails, the run stops and keeps δ."""

@@ -28,6 +28,18 @@ PAGES = {"home": ROOT / "app.py", "generate": ROOT / "pages" / "1_Generate.py",
 SCREENSHOT_TIMEOUT_MS = 180_000
 
 
+# The same for an action (a click, a fill, an upload, a navigation): Playwright's 30 s default is too short on CI's 2
+# cores beside the load test (a CI run timed out waiting for a file input); an action that can go on goes on at once.
+ACTION_TIMEOUT_MS = 120_000
+
+
+def patient(target: Any) -> Any:
+    """``target`` (a Playwright browser context or page, sync or async API) with its actions allowed to wait up to
+    ACTION_TIMEOUT_MS; returns it."""
+    target.set_default_timeout(ACTION_TIMEOUT_MS)
+    return target
+
+
 def screenshot(target: Any, path: Path | str) -> None:
     """Save a screenshot of ``target`` (a Playwright page or locator) to ``path``, waiting up to 3 minutes."""
     target.screenshot(path=str(path), timeout=SCREENSHOT_TIMEOUT_MS)

@@ -189,7 +189,7 @@ class Run:
                 if epoch > at.epoch or at.batches is None:
                     at = LoopPosition(epoch, p.algorithm.epoch_batches())
                 for batch in at.batches[at.done:]:
-                    reason = self._reason_to_end() or reason
+                    reason = self._reason_to_end(step) or reason
                     if reason != "completed":
                         break
                     stats = self._step(batch, spent)
@@ -309,10 +309,12 @@ class Run:
             info.update(streamed=True, heldout_images=random_eval.count)
         return info
 
-    def _reason_to_end(self) -> str | None:
-        """"stopped" (stop()), "time limit" (max_seconds) or None (go on); under torchrun every rank agrees."""
+    def _reason_to_end(self, step: int) -> str | None:
+        """"stopped" (stop()), "time limit" (max_seconds) or None (go on) before step ``step`` + 1; under torchrun
+        every rank agrees. The time limit (counted from the start, preparation included) never ends a run before its
+        first step: a run whose preparation alone outlasts it (a loaded class server) makes one step, not none."""
         stop = self._stop.is_set()
-        late = self.config.max_seconds is not None and self._elapsed() > self.config.max_seconds
+        late = self.config.max_seconds is not None and step > 0 and self._elapsed() > self.config.max_seconds
         if distributed.is_active():  # every rank ends at the same step
             late = distributed.any_rank(stop or late) and not stop
         return "stopped" if stop else "time limit" if late else None

@@ -99,9 +99,11 @@ class RunConfig:
                                    label="Input size (0 = the model's)",
                                    hint="Smaller inputs run faster on a CPU (the model still works, less well).")
     weights: str | None = param(None, "a local weights file for the model", form=False)
-    max_seconds: float | None = param(None, "stop after this many seconds (keeps the best δ)", 0.0,
+    max_seconds: float | None = param(None, "stop after this many seconds from the start, preparation included, but "
+                                            "never before the first step (keeps the best δ)", 0.0,
                                       exclusive_min=True, label="Time limit, s (0 = none)", step=10,
-                                      hint="Stop after this long, keeping the δ so far.")
+                                      hint="Stop after this long (from the start, preparation included; at least "
+                                           "one step is made), keeping the δ so far.")
     max_image_gradients: int | None = param(
         None, "a fair budget across methods: stop once the steps cost this many image-gradients (forward + backward "
               "over one image); without --epochs, as many epochs as it takes", 1, 100_000_000,
